@@ -1,0 +1,75 @@
+"""The Redis connection every process shares: ``redis.asyncio`` returning bytes.
+
+Values stay bytes (``decode_responses=False``): stores decode what they know to be text, and
+binary values (salts, keys, serialized stanzas) pass through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio
+import redis.exceptions
+
+log = logging.getLogger(__name__)
+
+# Failing fast matters more than patience here: callers decide whether to retry.
+CONNECT_TIMEOUT = 5.0
+
+
+class RedisUnavailable(ConnectionError):
+    """Redis did not answer PING in time."""
+
+
+def connect(url: str) -> redis.asyncio.Redis:
+    """A client for ``url`` (``redis://``, ``rediss://`` or ``unix://``); connects lazily.
+
+    Raises ValueError for a URL redis-py cannot use.
+    """
+    return redis.asyncio.Redis.from_url(
+        url, decode_responses=False, socket_connect_timeout=CONNECT_TIMEOUT
+    )
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for log lines and error messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+async def wait_ready(client: redis.asyncio.Redis, timeout: float) -> None:
+    """Wait until Redis answers PING, retrying with backoff; raise RedisUnavailable after
+    ``timeout`` seconds. Containers start in any order, so the first attempts may fail."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.05
+    last: Exception | None = None
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        try:
+            async with asyncio.timeout(remaining):
+                await client.ping()
+            return
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            last = exc
+        except TimeoutError as exc:
+            last = exc
+            break
+        log.debug("Redis not ready yet: %s", last)
+        await asyncio.sleep(min(delay, max(deadline - loop.time(), 0)))
+        delay = min(delay * 2, 1.0)
+    reason = f": {last}" if last is not None and str(last) else ""
+    raise RedisUnavailable(f"Redis did not answer within {timeout:g} s{reason}")

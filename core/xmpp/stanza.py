@@ -1,0 +1,158 @@
+"""Stanza helpers on plain lxml elements (RFC 6120 §8).
+
+Inside Switchboard every stanza is an lxml element in the ``jabber:client`` namespace, whatever
+stream it arrived on; the stream that sends it renames the namespace on the way out.
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+
+from lxml import etree
+
+from core.xmpp.errors import StanzaError
+from core.xmpp.ns import NS_CLIENT, QN_IQ, QN_MESSAGE, QN_PRESENCE, qn
+
+Element = etree._Element
+
+STANZA_KINDS = {QN_MESSAGE: "message", QN_PRESENCE: "presence", QN_IQ: "iq"}
+_CLIENT_PREFIX = f"{{{NS_CLIENT}}}"
+_CLIENT_DECL = f'xmlns="{NS_CLIENT}"'.encode()
+
+MESSAGE_TYPES = frozenset({"normal", "chat", "groupchat", "headline", "error"})
+PRESENCE_TYPES = frozenset(
+    {"unavailable", "subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe", "error"}
+)
+IQ_TYPES = frozenset({"get", "set", "result", "error"})
+
+
+def new_id() -> str:
+    """An unpredictable identifier for stanzas and streams (RFC 6120 §4.7.3)."""
+    return secrets.token_urlsafe(12)
+
+
+def kind_of(stanza: Element) -> str | None:
+    """'message', 'presence' or 'iq' for a stanza in the client namespace, else None."""
+    return STANZA_KINDS.get(stanza.tag)
+
+
+def make(
+    kind: str,
+    *,
+    to: str | None = None,
+    frm: str | None = None,
+    type: str | None = None,
+    id: str | None = None,
+) -> Element:
+    """A new stanza of ``kind`` in the client namespace with the given attributes."""
+    el = etree.Element(_CLIENT_PREFIX + kind, nsmap={None: NS_CLIENT})
+    if to is not None:
+        el.set("to", to)
+    if frm is not None:
+        el.set("from", frm)
+    if type is not None:
+        el.set("type", type)
+    if id is not None:
+        el.set("id", id)
+    return el
+
+
+def child(parent: Element, local: str, ns: str = NS_CLIENT, text: str | None = None) -> Element:
+    """Append a child element ``{ns}local`` with optional text and return it."""
+    el = etree.SubElement(parent, qn(ns, local), nsmap=None if ns == NS_CLIENT else {None: ns})
+    if text is not None:
+        el.text = text
+    return el
+
+
+def payload_of(iq: Element) -> Element | None:
+    """The single payload child of an IQ get/set; None when it has zero or several (§8.2.3)."""
+    found = None
+    for c in iq:
+        if not isinstance(c.tag, str):
+            continue
+        if found is not None:
+            return None
+        found = c
+    return found
+
+
+def iq_result(iq: Element, payload: Element | None = None) -> Element:
+    """The result reply to ``iq``: swapped addresses, same id, optional payload (§8.2.3)."""
+    reply = make("iq", type="result", id=iq.get("id"), to=iq.get("from"), frm=iq.get("to"))
+    if payload is not None:
+        reply.append(payload)
+    return reply
+
+
+def error_reply(stanza: Element, error: StanzaError, *, frm: str | None = None) -> Element | None:
+    """The error reply to ``stanza`` (RFC 6120 §8.3.1), or None for a stanza that must not be
+    answered with an error: an error, or an IQ result."""
+    stype = stanza.get("type")
+    if stype == "error" or (stanza.tag == QN_IQ and stype == "result"):
+        return None
+    reply = etree.Element(stanza.tag, nsmap={None: NS_CLIENT})
+    for name in ("id",):
+        v = stanza.get(name)
+        if v is not None:
+            reply.set(name, v)
+    to = stanza.get("from")
+    if to is not None:
+        reply.set("to", to)
+    src = frm if frm is not None else stanza.get("to")
+    if src is not None:
+        reply.set("from", src)
+    reply.set("type", "error")
+    # §8.3.1: the error stanza MAY include the original payload; for messages we keep the body
+    # and thread so the sender can tell which message failed, for IQs we keep the payload.
+    if stanza.tag == QN_IQ:
+        p = payload_of(stanza)
+        if p is not None:
+            reply.append(_copy(p))
+    elif stanza.tag == QN_MESSAGE:
+        for c in stanza:
+            if c.tag in (_CLIENT_PREFIX + "body", _CLIENT_PREFIX + "thread"):
+                reply.append(_copy(c))
+    reply.append(error.to_element(NS_CLIENT))
+    return reply
+
+
+def _copy(el: Element) -> Element:
+    return copy.deepcopy(el)
+
+
+def serialize(stanza: Element, content_ns: str = NS_CLIENT) -> bytes:
+    """The bytes of ``stanza`` for a stream whose content namespace is ``content_ns``.
+
+    Children in the client namespace inherit the default namespace declared on the stanza, so
+    renaming the stanza's own declaration is enough to move it to jabber:server or
+    jabber:component:accept (RFC 6120 §4.8.3)."""
+    data = etree.tostring(stanza)
+    if content_ns != NS_CLIENT:
+        data = data.replace(_CLIENT_DECL, f'xmlns="{content_ns}"'.encode(), 1)
+    return data
+
+
+def to_client_ns(stanza: Element, content_ns: str) -> Element:
+    """Move a stanza received on a jabber:server or jabber:component:accept stream into the
+    client namespace used inside Switchboard (a rebuilt copy; foreign payloads are kept)."""
+    if content_ns == NS_CLIENT:
+        return stanza
+    return _rename(stanza, f"{{{content_ns}}}", None)
+
+
+def _rename(el: Element, prefix: str, parent: Element | None) -> Element:
+    local = el.tag[len(prefix) :]
+    if parent is None:
+        new = etree.Element(_CLIENT_PREFIX + local, el.attrib, nsmap={None: NS_CLIENT})
+    else:
+        new = etree.SubElement(parent, _CLIENT_PREFIX + local, el.attrib)
+    new.text = el.text
+    new.tail = el.tail if parent is not None else None
+    for c in el:
+        if isinstance(c.tag, str) and c.tag.startswith(prefix):
+            _rename(c, prefix, new)
+        elif isinstance(c.tag, str):
+            new.append(copy.deepcopy(c))
+    return new
