@@ -14,11 +14,15 @@ lets some restricted XML through silently:
 * a DOCTYPE (with or without an internal subset) produces no event at all;
 * after an undeclared entity reference such as ``&foo;`` it raises nothing, stops
   finishing the current element and reports later elements without their namespace;
-* a bare ``&`` raises nothing either.
+* a bare ``&`` raises nothing either;
+* an undeclared namespace prefix, or two attributes with the same expanded name, is a
+  recoverable error that lxml drops: the element comes out named ``p:x`` in no namespace
+  and serialises to XML that the recipient's parser would refuse.
 
 So before any byte reaches lxml, the prolog is checked by hand and the rest of the stream
 is scanned with ``bytes.find`` for ``<!``, ``<?`` and ``&``; only when one of those is
 present is there per-candidate work, so the common chunk costs three C-level searches.
+Element and attribute names are checked as lxml reports each start tag.
 
 Error conditions (RFC 6120 §4.9.3):
 
@@ -29,21 +33,24 @@ Error conditions (RFC 6120 §4.9.3):
 * ``unsupported-encoding``: an XML declaration naming an encoding other than UTF-8
   (§11.6).
 * ``not-well-formed``: everything libxml2 rejects, including bytes that are not valid
-  UTF-8 (the parser is told the input is UTF-8, so it never guesses), and a bare ``&``.
+  UTF-8 (the parser is told the input is UTF-8, so it never guesses), a bare ``&`` and
+  the namespace errors above (Namespaces in XML 1.0 §3, §6.3).
 * ``policy-violation``: a stanza over ``max_stanza_bytes``, elements nested deeper than
   ``max_depth`` below the root, an element with more than ``max_attrs`` attributes, or
   more than 8 KiB before the stream header is complete.
 
-Stanza size is counted on the bytes fed, not on the tree: the count starts after the
-last completed stanza and is checked after every slice of at most 16 KiB handed to
-lxml, so an oversized stanza is refused once it exceeds the limit by at most one slice,
-however large the ``feed()`` call, and is never buffered whole.
+Stanza size is counted on the bytes fed, not on the tree: the count covers the bytes
+since the slice in which the previous stanza ended and is checked after every slice (at
+most 16 KiB) handed to lxml. A stanza within the limit is never refused; a larger one is
+refused once it is at most two slices past the limit, however large the ``feed()`` call,
+and is never buffered whole.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from lxml import etree
 
@@ -96,7 +103,7 @@ class StreamClose:
     """The closing ``</stream:stream>`` tag (RFC 6120 §4.4)."""
 
 
-Event = StreamOpen | etree._Element | StreamClose
+Event: TypeAlias = StreamOpen | etree._Element | StreamClose
 
 
 class StreamParser:
@@ -195,9 +202,9 @@ class StreamParser:
 
     def _parse(self, piece: bytes, out: list[Event]) -> None:
         """Hand one vetted slice to lxml, collect its events and apply the limits."""
-        # RFC 6120 §4.6.1: whitespace between stanzas is a keep-alive. While the root level
-        # is at rest it carries nothing, so it is neither parsed nor counted: an idle
-        # stream kept open for months never accumulates toward the size limit.
+        # RFC 6120 §11.7: whitespace between stanzas is allowed and serves as a keep-alive.
+        # While the root level is at rest it carries nothing, so it is neither parsed nor
+        # counted: an idle stream kept open for months never nears the size limit.
         if self._at_rest_flag and piece[0] in _WS_BYTES and not piece.strip(_WS):
             return
         try:
@@ -269,8 +276,25 @@ class StreamParser:
                     depth += 1
                     if depth > deepest:
                         raise StreamError("policy-violation", "elements nested too deeply")
-                    if len(el.attrib) > max_attrs:
-                        raise StreamError("policy-violation", "too many attributes")
+                    # Namespaces in XML §3 ("Prefix Declared") and §6.3 (attribute
+                    # uniqueness): libxml2 reports these only as recoverable errors that
+                    # lxml drops, leaving e.g. an element named "p:x" in no namespace.
+                    # Relayed as-is it would break the recipient's stream, so refuse it.
+                    tag = el.tag
+                    if ":" in tag and tag[0] != "{":
+                        raise StreamError("not-well-formed", "undeclared namespace prefix")
+                    keys = el.keys()
+                    if keys:
+                        if len(keys) > max_attrs:
+                            raise StreamError("policy-violation", "too many attributes")
+                        qualified = 0
+                        for key in keys:
+                            if key[0] == "{":
+                                qualified += 1
+                            elif ":" in key:
+                                raise StreamError("not-well-formed", "undeclared namespace prefix")
+                        if qualified > 1 and len(set(keys)) < len(keys):
+                            raise StreamError("not-well-formed", "duplicate attribute")
                     if depth == 1:
                         self._root = el
                         out.append(StreamOpen(el.tag, el.prefix, dict(el.attrib), dict(el.nsmap)))
@@ -282,7 +306,7 @@ class StreamParser:
                         # declarations it inherited from the stream header, declared the
                         # same way (xmlns="jabber:client"); moving the node itself would
                         # make lxml invent a prefix such as ns0: for the default namespace,
-                        # which RFC 6120 §4.8.3 tells us not to generate.
+                        # which RFC 6120 §4.8 tells us not to generate.
                         stanza = el.__copy__()
                         stanza.tail = None
                         out.append(stanza)
@@ -313,20 +337,21 @@ class StreamParser:
             return None
         head = bytes(buf[i : i + 6])
         if len(head) < 6 and b"<?xml".startswith(head[:5]):
-            if len(head) < 5 or head == b"<?xml":
-                return None
+            return None  # maybe the start of an XML declaration
         if head[:5] == b"<?xml" and head[5:6] in (b" ", b"\t", b"\r", b"\n"):
             end = buf.find(b"?>", i)
             if end < 0:
                 return None
-            # RFC 6120 §11.6: UTF-8 only; any other declared encoding is refused as such.
+            # XML 1.0 §2.8, RFC 6120 §11.5: a declaration only at the very start.
+            # RFC 6120 §11.6: UTF-8 only; declaring another encoding has its own condition.
             m = _DECL_ENCODING.search(buf, i, end)
             if m is not None:
                 enc = (m.group(1) if m.group(1) is not None else m.group(2)).lower()
                 if enc not in (b"utf-8", b"utf8"):
                     raise StreamError("unsupported-encoding")
             i = end + 2
-        j = _WS_RUN.match(buf, i).end()  # type: ignore[union-attr]  # "*" always matches
+        blank = _WS_RUN.match(buf, i)
+        j = blank.end() if blank else i
         if j + 1 >= len(buf):
             if j < len(buf) and buf[j] != 0x3C:  # "<"
                 raise StreamError("not-well-formed")

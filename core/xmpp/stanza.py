@@ -128,7 +128,8 @@ def serialize(stanza: Element, content_ns: str = NS_CLIENT) -> bytes:
     Children in the client namespace inherit the default namespace declared on the stanza, so
     renaming the stanza's own declaration is enough to move it to jabber:server or
     jabber:component:accept (RFC 6120 §4.8.3)."""
-    data = etree.tostring(stanza)
+    # UTF-8 output: the default (ASCII) would write non-ASCII names as character references.
+    data = etree.tostring(stanza, encoding="utf-8", xml_declaration=False)
     if content_ns != NS_CLIENT:
         data = data.replace(_CLIENT_DECL, f'xmlns="{content_ns}"'.encode(), 1)
     return data
