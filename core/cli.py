@@ -20,13 +20,17 @@ import getpass
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from core.runtime.config import Config
+    from core.storage.accounts import AccountStore
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 # How long `user` commands wait for Redis before saying it is unreachable.
-REDIS_TIMEOUT = 5.0
+REDIS_TIMEOUT = 2.0
 
 
 class CommandError(Exception):
@@ -125,7 +129,7 @@ def _fail(message: str, code: int) -> int:
 # --- configuration --------------------------------------------------------------------------
 
 
-def _load(args: argparse.Namespace) -> Any:
+def _load(args: argparse.Namespace) -> Config:
     from core.runtime.config import ConfigError, load_config
 
     try:
@@ -219,7 +223,7 @@ def _run_user(args: argparse.Namespace) -> int:
 
 
 async def _user_command(
-    action: str, args: argparse.Namespace, config: Any, url: str, password: str | None
+    action: str, args: argparse.Namespace, config: Config, url: str, password: str | None
 ) -> int:
     import redis.exceptions
 
@@ -272,8 +276,8 @@ async def _user_command(
 async def _do_user(
     action: str,
     args: argparse.Namespace,
-    config: Any,
-    store: Any,
+    config: Config,
+    store: AccountStore,
     password: str | None,
 ) -> int:
     from core.storage.accounts import InvalidUsername

@@ -55,7 +55,9 @@ def _route_twisted() -> None:
     }
 
     def observer(event: dict[str, Any]) -> None:
-        logger = logging.getLogger(event.get("log_namespace") or "twisted")
+        namespace = event.get("log_namespace") or "twisted"
+        # twisted.python.log.msg() events all carry this namespace; "twisted" says more.
+        logger = logging.getLogger("twisted" if namespace == "log_legacy" else namespace)
         level = levels.get(event.get("log_level", LogLevel.info), logging.INFO)
         if not logger.isEnabledFor(level):
             return
