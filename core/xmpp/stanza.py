@@ -129,7 +129,8 @@ def serialize(stanza: Element, content_ns: str = NS_CLIENT) -> bytes:
     renaming the stanza's own declaration is enough to move it to jabber:server or
     jabber:component:accept (RFC 6120 §4.8.3)."""
     # UTF-8 output: the default (ASCII) would write non-ASCII names as character references.
-    data = etree.tostring(stanza, encoding="utf-8", xml_declaration=False)
+    # The text that followed the element in a tree it came from is not part of the stanza.
+    data = etree.tostring(stanza, encoding="utf-8", xml_declaration=False, with_tail=False)
     if content_ns != NS_CLIENT:
         data = data.replace(_CLIENT_DECL, f'xmlns="{content_ns}"'.encode(), 1)
     return data

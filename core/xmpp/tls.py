@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 from twisted.internet import ssl
 
 from core.xmpp.sasl import TLS_EXPORTER_LABEL, tls_server_end_point
@@ -42,7 +42,11 @@ def ensure_self_signed(cert_path: Path, key_path: Path, domain: str, *, days: in
     try:
         sans = [x509.IPAddress(ipaddress.ip_address(domain.strip("[]")))]
     except ValueError:
-        sans = [x509.DNSName(domain), x509.DNSName(f"*.{domain}")]
+        sans = [x509.DNSName(domain)]
+        # RFC 6125 §7.2: no wildcard over a single label ("*.localhost"); verifiers such as
+        # service_identity refuse the whole certificate when it carries one.
+        if "." in domain:
+            sans.append(x509.DNSName(f"*.{domain}"))
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -74,8 +78,10 @@ class ServerTLS:
         pem = cert_path.read_bytes()
         self.certificate = ssl.Certificate.loadPEM(pem)
         chain = x509.load_pem_x509_certificates(pem)
+        self._chain = chain
         self.cert_der = chain[0].public_bytes(serialization.Encoding.DER)
-        self._private_key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_path.read_bytes())
+        # cryptography objects: pyOpenSSL deprecates its own X509 and PKey types.
+        self._private_key = serialization.load_pem_private_key(key_path.read_bytes(), None)
         # RFC 5929 §4.1 defines no binding for certificates signed with e.g. Ed25519.
         try:
             self.end_point: bytes | None = tls_server_end_point(self.cert_der)
@@ -83,12 +89,43 @@ class ServerTLS:
             self.end_point = None
 
     def options(self, alpn: list[bytes] | None = None) -> ssl.CertificateOptions:
-        return ssl.CertificateOptions(
-            privateKey=self._private_key,
-            certificate=self.certificate.original,
+        """Server options; ``alpn`` lists the protocols chosen when the client offers them
+        (XEP-0368: ``xmpp-client`` on the direct TLS port, none for STARTTLS)."""
+        return _ServerOptions(
+            privateKey=self._private_key,  # type: ignore[arg-type]
+            certificate=self._chain[0],  # type: ignore[arg-type]
+            extraCertChain=self._chain[1:] or None,  # type: ignore[arg-type]
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
             acceptableProtocols=alpn,
         )
+
+
+class _ServerOptions(ssl.CertificateOptions):
+    """CertificateOptions that ignore an ALPN offer they share no protocol with.
+
+    Twisted answers such an offer with an empty selection, which OpenSSL turns into a fatal
+    internal_error alert: a client offering ALPN on a STARTTLS port (where we select none)
+    could not connect at all. RFC 7301 §3.2 lets a server that does not use ALPN ignore the
+    extension, so we answer "no overlap" and the handshake goes on without a protocol."""
+
+    _alpn_fixed = False
+
+    def getContext(self) -> SSL.Context:
+        ctx = super().getContext()
+        if not self._alpn_fixed:
+            self._alpn_fixed = True
+            ctx.set_alpn_select_callback(_alpn_selector(list(self._acceptableProtocols or ())))
+        return ctx
+
+
+def _alpn_selector(accepted: list[bytes]) -> Any:
+    def select(conn: SSL.Connection, offered: list[bytes]) -> bytes | Any:
+        for proto in accepted:
+            if proto in offered:
+                return proto
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    return select
 
 
 def channel_bindings(transport: Any, server_end_point: bytes | None) -> dict[str, bytes]:
