@@ -44,7 +44,14 @@ from core.xmpp.ns import (
     qn,
 )
 from core.xmpp.parser import StreamClose, StreamOpen, StreamParser
-from core.xmpp.stanza import error_reply, iq_result, new_id, payload_of, serialize
+from core.xmpp.stanza import (
+    PRESENCE_TYPES,
+    error_reply,
+    iq_result,
+    new_id,
+    payload_of,
+    serialize,
+)
 from core.xmpp.tls import channel_bindings
 
 if TYPE_CHECKING:
@@ -55,6 +62,12 @@ Element = etree._Element
 
 NS_SASL_CB = "urn:xmpp:sasl-cb:0"
 STREAM_CLOSE = b"</stream:stream>"
+# RFC 6121 §4.7.1: no 'type' (available) or one of these.
+_PRESENCE_TYPES = frozenset({None, *PRESENCE_TYPES})
+# Seconds a lost connection's pending stanzas may take before its session is ended anyway.
+LOST_GRACE = 10.0
+# Longest wait for the client to close its side after we closed the stream (RFC 6120 §4.4).
+CLOSE_TIMEOUT = 5.0
 
 # Negotiation stages of a client stream.
 HEADER, TLS_NEEDED, AUTH, AUTHED_HEADER, BIND, BOUND, CLOSED = range(7)
@@ -112,6 +125,8 @@ class C2SStream(protocol.Protocol):
         self._active = True
         self._timers: list[Any] = []
         self._closing = False
+        self._lost = False  # the transport is gone; the backlog may still be processed
+        self._restarts = 0  # parser restarts, so a read's leftovers from before one are dropped
         self.close_reason = "connection lost"
 
     # Connection ----------------------------------------------------------------------
@@ -127,12 +142,30 @@ class C2SStream(protocol.Protocol):
         self._schedule_idle_check()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self.stage = CLOSED
-        self.server.c2s_streams.discard(self)
+        self._lost = True
+        self._cancel_timers()
+        if self._busy:
+            # Stanzas that arrived before the connection went away still take effect, in
+            # order (RFC 6120 §10.1): a client may send a message and </stream:stream> and
+            # hang up at once. _drain finishes the clean-up once they are processed, or the
+            # timer does if that processing hangs.
+            self._timers.append(self.server.reactor.callLater(LOST_GRACE, self._finish))
+            return
+        self._finish()
+
+    def _cancel_timers(self) -> None:
         for t in self._timers:
             if t.active():
                 t.cancel()
         self._timers.clear()
+
+    def _finish(self) -> None:
+        """Forget the connection and end its session, once and after the last stanza."""
+        if self.stage == CLOSED:
+            return
+        self.stage = CLOSED
+        self._cancel_timers()
+        self.server.c2s_streams.discard(self)
         log.info(
             "c2s %s closed%s: %s",
             self.peer,
@@ -151,6 +184,7 @@ class C2SStream(protocol.Protocol):
         except StreamError as e:
             self.close_with(e)
             return
+        restarts = self._restarts
         for ev in events:
             if self._busy:
                 self._backlog.append(ev)
@@ -159,6 +193,10 @@ class C2SStream(protocol.Protocol):
                 continue
             self._handle_event(ev)
             if self._closing:
+                return
+            if self._restarts != restarts:
+                # RFC 6120 §5.4.3.3: what followed <starttls/> in the same read was sent in
+                # the clear before TLS; it must not be taken as part of the protected stream.
                 return
 
     def _handle_event(self, ev: Any) -> None:
@@ -171,17 +209,32 @@ class C2SStream(protocol.Protocol):
             else:
                 pending = self._element(ev)
                 if pending is not None:
-                    self._run_async(pending)
+                    self._run_async(pending, ev)
         except StreamError as e:
             self.close_with(e)
         except Exception:
-            log.exception("c2s %s: unexpected failure", self.peer)
-            if isinstance(ev, etree._Element):
-                reply = error_reply(ev, StanzaError("internal-server-error"))
-                if reply is not None and self.jid is not None:
-                    self.send(reply)
+            self._unexpected(ev)
 
-    def _run_async(self, awaitable: Awaitable[Any]) -> None:
+    def _unexpected(self, ev: Any) -> None:
+        """Log a failure of our own and answer what met it: a stanza gets an error and the
+        stream stays; a negotiation step that cannot go on ends the stream."""
+        log.exception("c2s %s: unexpected failure", self.peer)
+        if self._closing or self.stage == CLOSED:
+            return
+        is_element = isinstance(ev, etree._Element)
+        if is_element and self.stage == AUTH and ev.tag in (QN_SASL_AUTH, QN_SASL_RESPONSE):
+            # RFC 6120 §6.5.10: authentication failed through a problem on our side.
+            self.mechanism = None
+            self.write(_sasl_failure("temporary-auth-failure"))
+        elif is_element and self.jid is not None:
+            reply = error_reply(ev, StanzaError("internal-server-error"))
+            if reply is not None:
+                self.send(reply)
+        else:
+            # A header or negotiation element left half-answered: §4.9.3.8.
+            self.close_with(StreamError("internal-server-error"))
+
+    def _run_async(self, awaitable: Awaitable[Any], ev: Any = None) -> None:
         self._busy = True
 
         async def run() -> None:
@@ -190,7 +243,7 @@ class C2SStream(protocol.Protocol):
             except StreamError as e:
                 self.close_with(e)
             except Exception:
-                log.exception("c2s %s: unexpected failure", self.peer)
+                self._unexpected(ev)
             finally:
                 self._busy = False
                 self._drain()
@@ -200,6 +253,10 @@ class C2SStream(protocol.Protocol):
     def _drain(self) -> None:
         while self._backlog and not self._busy and not self._closing and self.stage != CLOSED:
             self._handle_event(self._backlog.popleft())
+        if self._lost:
+            if not self._busy:
+                self._finish()
+            return
         if not self._backlog and self.stage != CLOSED:
             try:
                 self.transport.resumeProducing()
@@ -238,8 +295,28 @@ class C2SStream(protocol.Protocol):
         if self._closing:
             return
         self._closing = True
+        if self._lost:
+            return  # the connection is already gone: nothing to send, nothing to close
         self.transport.write(STREAM_CLOSE)
-        self.transport.loseConnection()
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if self.tls_active or half_close is None:
+            # TLS sends close_notify and keeps reading until the client answers it.
+            self.transport.loseConnection()
+        else:
+            # Closing a TCP socket with unread input resets the connection, and the reset
+            # may destroy the stream error before the client reads it (a client in the
+            # middle of a large stanza). Finish our direction only; what still arrives is
+            # read and dropped until the client closes its side (RFC 6120 §4.4).
+            half_close()
+        # §4.4: wait a while for the client to close its side, then drop the connection. The
+        # client gets as long for this as it had to open the stream.
+        grace = min(CLOSE_TIMEOUT, self.server.config.c2s.negotiation_timeout)
+        self._timers.append(self.server.reactor.callLater(grace, self._abort))
+
+    def _abort(self) -> None:
+        if self.stage != CLOSED and not self._lost:
+            log.info("c2s %s did not close its side of the stream in time", self.peer)
+            self.transport.abortConnection()
 
     # Timers --------------------------------------------------------------------------
 
@@ -389,6 +466,7 @@ class C2SStream(protocol.Protocol):
         self.transport.startTLS(self.server.tls.options())
         self.tls_active = True
         self.parser.reset()
+        self._restarts += 1
         self._header_sent = False
         self.stage = HEADER
         log.info("c2s %s TLS started", self.peer)
@@ -427,6 +505,7 @@ class C2SStream(protocol.Protocol):
                 tls=self.tls_active,
                 allow_plain_without_tls=self.server.config.c2s.allow_plain_without_tls,
             )
+            self._mechanism_name = name
             await self._sasl_step(data)
         except sasl.SaslFailure as f:
             await self._sasl_failed(f)
@@ -453,15 +532,27 @@ class C2SStream(protocol.Protocol):
             self.write(etree.tostring(_sasl_element("challenge", result.data)))
             return
         username = prep_local(result.username)
-        if result.authzid and result.authzid not in (username, f"{username}@{self.server.domain}"):
+        if result.authzid and not self._is_own_authzid(result.authzid, username):
             raise sasl.SaslFailure("invalid-authzid", "you may only act as yourself")
         self.mechanism = None
+        if self.stage == CLOSED:
+            return  # the connection went away while the credentials were checked
         self.username = username
         self.write(etree.tostring(_sasl_element("success", result.data, empty_as_equals=False)))
         self.parser.reset()
+        self._restarts += 1
+        # §6.4.6: the client waits for <success/> before it restarts; anything it sent after
+        # its last SASL element belongs to the stream that has just been replaced.
+        self._backlog.clear()
         self._header_sent = False
         self.stage = AUTHED_HEADER
-        log.info("c2s %s authenticated as %s@%s", self.peer, username, self.server.domain)
+        log.info(
+            "c2s %s authenticated as %s@%s (%s)",
+            self.peer,
+            username,
+            self.server.domain,
+            self._mechanism_name,
+        )
 
     async def _sasl_failed(self, f: sasl.SaslFailure) -> None:
         self.mechanism = None
@@ -471,7 +562,7 @@ class C2SStream(protocol.Protocol):
             # A delay after each failure slows password guessing (RFC 6120 §6.4.5).
             delay = self.server.config.auth.failure_delay
             if delay > 0:
-                await asyncio.sleep(delay)
+                await self._pause(delay)
         if self.stage == CLOSED:
             return
         log.info("c2s %s SASL failure %s", self.peer, f.condition)
@@ -482,6 +573,29 @@ class C2SStream(protocol.Protocol):
             )
 
     _attempted_user: str | None = None
+
+    def _is_own_authzid(self, authzid: str, username: str) -> bool:
+        """RFC 6120 §6.3.8: the authorization identity may only be the user's own bare JID,
+        compared once prepared (COMPAT: or the bare username, as some clients send it)."""
+        if authzid == username:
+            return True
+        try:
+            return parse_jid(authzid) == JID(username, self.server.domain, None)
+        except JIDError:
+            return False
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait on the server's reactor clock (a task.Clock in tests)."""
+        waiter = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        self.server.reactor.callLater(seconds, wake)
+        await waiter
+
+    _mechanism_name = ""
 
     @property
     def peer_host(self) -> str:
@@ -520,7 +634,9 @@ class C2SStream(protocol.Protocol):
         existing = self.server.router.resources(str(bare))
         if not resource:
             resource = new_id()
-        elif resource not in existing and len(existing) >= self.server.config.c2s.max_resources:
+        # §7.6.2.1: the limit holds for generated resources too; rebinding one in use
+        # replaces its session (§7.7.2.2) and adds none.
+        if resource not in existing and len(existing) >= self.server.config.c2s.max_resources:
             self.transport.write(
                 serialize(error_reply(iq, StanzaError("resource-constraint", "too many resources")))
             )
@@ -591,12 +707,20 @@ class C2SStream(protocol.Protocol):
                     # RFC 6121 (3921 §3) session establishment: accepted as a no-op.
                     self.send(iq_result(el))
                     return None
-        elif tag == QN_PRESENCE and to is None:
+        elif tag == QN_PRESENCE and el.get("type") not in _PRESENCE_TYPES:
+            # RFC 6121 §4.7.1 defines the presence types; another is not understood.
+            reply = error_reply(el, StanzaError("bad-request", "unknown presence type"))
+            if reply is not None:
+                reply.attrib.pop("from", None)
+                self.send(reply)
+            return None
+        if tag == QN_PRESENCE and to is None and self.server.presence is None:
             self._own_presence(el)
         return self.server.router.route(el, jid, to, self)
 
     def _own_presence(self, el: Element) -> None:
-        """Track availability and priority from broadcast presence (RFC 6121 §4.7.2.3)."""
+        """Track availability and priority from broadcast presence (RFC 6121 §4.7.2.3) when
+        no presence module does (modules/presence.py tracks them, and checks them, itself)."""
         ptype = el.get("type")
         if ptype is None:
             prio = el.find(qn(NS_CLIENT, "priority"))

@@ -1,6 +1,7 @@
 """The ``switchboard`` command.
 
     switchboard [--config PATH] core | stack
+    switchboard [--config PATH] muc [--instance ID]
     switchboard [--config PATH] user add|passwd NAME [--password P]
     switchboard [--config PATH] user del NAME
     switchboard [--config PATH] user list [--domain D]
@@ -68,6 +69,15 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     commands.add_parser("core", parents=[config_option], help="run a core router node")
+    muc = commands.add_parser(
+        "muc", parents=[config_option], help="run a multi-user chat instance (XEP-0045)"
+    )
+    muc.add_argument(
+        "--instance",
+        metavar="ID",
+        default=None,
+        help="this instance's id among shard instances (default: <hostname>-<pid>)",
+    )
     commands.add_parser(
         "stack", parents=[config_option], help="run everything, with an embedded Redis"
     )
@@ -106,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "core": _run_core,
+        "muc": _run_muc,
         "stack": _run_stack,
         "user": _run_user,
         "config": _run_config,
@@ -169,6 +180,27 @@ def _run_core(args: argparse.Namespace) -> int:
 
     config.redis.url = effective_redis_url(config)
     return run_core(config)
+
+
+def _run_muc(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if "muc" not in config.components:
+        raise CommandError(
+            "no [components.muc] in the configuration: set its domain and secret "
+            "(SWITCHBOARD_COMPONENTS_MUC_DOMAIN, SWITCHBOARD_COMPONENTS_MUC_SECRET)",
+            EXIT_USAGE,
+        )
+    from core.runtime.reactor import install
+
+    # Before anything from components.muc: importing Twisted modules may install a reactor.
+    install()
+    from components.muc.app import run_muc
+    from components.muc.settings import SettingsError
+
+    try:
+        return run_muc(config, instance=args.instance)
+    except SettingsError as exc:
+        raise CommandError(f"configuration error: {exc}", EXIT_USAGE) from None
 
 
 def _run_stack(args: argparse.Namespace) -> int:

@@ -17,13 +17,26 @@ from core.xmpp.errors import StanzaError, StreamError
 from core.xmpp.jid import JID
 from core.xmpp.module import run_iq
 from core.xmpp.ns import QN_IQ, QN_MESSAGE, QN_PRESENCE
-from core.xmpp.stanza import error_reply
+from core.xmpp.stanza import MESSAGE_TYPES, error_reply
 
 if TYPE_CHECKING:
     from core.server import CoreServer
 
 log = logging.getLogger(__name__)
 Element = etree._Element
+# Presence types that concern an account as a whole, whatever resource they name.
+_ACCOUNT_PRESENCE = frozenset({"subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe"})
+
+
+def _message_type(stanza: Element) -> str:
+    """The type a message is delivered as: RFC 6121 §5.2.2 treats a missing or unknown type
+    as 'normal'."""
+    mtype = stanza.get("type")
+    return mtype if mtype in MESSAGE_TYPES else "normal"
+
+
+async def _finish(pending: Awaitable[None]) -> None:
+    await pending
 
 
 class Session(Protocol):
@@ -89,12 +102,36 @@ class Router:
     # Routing ---------------------------------------------------------------------------
 
     def route(
-        self, stanza: Element, sender: JID, to: JID | None, origin: Any = None
+        self,
+        stanza: Element,
+        sender: JID,
+        to: JID | None,
+        origin: Any = None,
+        *,
+        filtered: bool = False,
     ) -> Awaitable[None] | None:
         """Route a stanza whose 'from' is ``sender`` and whose normalised 'to' is ``to``.
 
         Returns an awaitable when the decision needs I/O (a module, the account store);
-        the caller awaits it before the next stanza of the same stream (RFC 6120 §10.1)."""
+        the caller awaits it before the next stanza of the same stream (RFC 6120 §10.1).
+
+        Presence that a client session sends (``origin`` is that session) first goes through
+        the presence module's outbound processing (RFC 6121 §3, §4), which routes what it
+        decides to route through here again without an origin.
+
+        Privacy lists and blocking (XEP-0016 §2.2 rule 4, XEP-0191) come before every other
+        rule, for stanzas out of and into local accounts; ``filtered`` means they were applied.
+        The check answers True (go on), False (refused, already handled) or an awaitable
+        that finishes the decision and the routing."""
+        check = self.server.privacy_check
+        if check is not None and not filtered:
+            verdict = check(stanza, sender, to, origin)
+            if verdict is not True:
+                return verdict or None
+        if stanza.tag == QN_PRESENCE and origin is not None:
+            presence = self.server.presence
+            if presence is not None and getattr(origin, "jid", None) == sender:
+                return presence.outbound(stanza, origin, to)
         if to is None:
             # RFC 6120 §10.3: no 'to' means the sender's own account (or the server).
             return self._to_own_account(stanza, sender, origin)
@@ -106,6 +143,9 @@ class Router:
             if to.resource is not None:
                 target = self.local.get(f"{to.local}@{to.domain}", {}).get(to.resource)
                 if target is not None:
+                    if stanza.tag == QN_PRESENCE and stanza.get("type") in _ACCOUNT_PRESENCE:
+                        # RFC 6121 §3.1.3, §4.3.2: these concern the account, not a resource.
+                        return self._presence_to_bare(stanza, sender, to, target.bare)
                     target.send(stanza)
                     return None
                 return self._to_full_without_session(stanza, sender, to, origin)
@@ -133,8 +173,19 @@ class Router:
         except ValueError:
             return
         frm = reply.get("from")
-        sender = parse_jid(frm) if frm else JID(None, self.domain, None)
-        self.route(reply, sender, target)
+        try:
+            sender = parse_jid(frm) if frm else JID(None, self.domain, None)
+        except ValueError:
+            sender = JID(None, self.domain, None)
+        self._forward(reply, sender, target)
+
+    def _forward(self, stanza: Element, sender: JID, to: JID) -> None:
+        """Route a stanza the server generated (a reply, a bounce) from synchronous code: a
+        decision that needs I/O (privacy lists, presence, the account store) runs as a task
+        instead of being dropped."""
+        pending = self.route(stanza, sender, to)
+        if pending is not None:
+            self.server.spawn(_finish(pending))
 
     def _reply_error(self, stanza: Element, error: StanzaError) -> None:
         self.deliver_error(stanza, error)
@@ -148,7 +199,7 @@ class Router:
         bare = f"{to.local}@{to.domain}"
         tag = stanza.tag
         if tag == QN_MESSAGE:
-            stype = stanza.get("type", "normal")
+            stype = _message_type(stanza)
             sessions = [
                 s for s in self.local.get(bare, {}).values() if s.available and s.priority >= 0
             ]
@@ -179,7 +230,7 @@ class Router:
         tag = stanza.tag
         bare = f"{to.local}@{to.domain}"
         if tag == QN_MESSAGE:
-            stype = stanza.get("type", "normal")
+            stype = _message_type(stanza)
             # §8.5.3.2.1: normal and chat are handled as if sent to the bare JID.
             if stype in ("normal", "chat"):
                 return self._to_bare(stanza, sender, to.bare, origin)
@@ -189,15 +240,16 @@ class Router:
         if tag == QN_IQ:
             return self._reply_error(stanza, StanzaError("service-unavailable"))
         if tag == QN_PRESENCE:
-            # §8.5.3.2.3: subscription requests and answers go to the bare JID; others drop.
-            if stanza.get("type") in ("subscribe", "subscribed", "unsubscribe", "unsubscribed"):
-                return self._presence_to_bare(stanza, sender, to.bare, bare)
+            # §8.5.3.2.2: subscription stanzas and probes concern the account (§3, §4.3);
+            # other presence to a resource that is not there is ignored.
+            if stanza.get("type") in _ACCOUNT_PRESENCE:
+                return self._presence_to_bare(stanza, sender, to, bare)
         return None
 
     def _message_no_resource(
         self, stanza: Element, sender: JID, to: JID, bare: str
     ) -> Awaitable[None] | None:
-        stype = stanza.get("type", "normal")
+        stype = _message_type(stanza)
         if stype in ("error", "headline"):
             return None  # §8.5.2.2.1: silently ignored
 
@@ -206,7 +258,14 @@ class Router:
             if not exists or stype == "groupchat":
                 self.deliver_error(stanza, StanzaError("service-unavailable"))
                 return
-            if not await self.server.store_offline(stanza, to):
+            try:
+                kept = await self.server.store_offline(stanza, to)
+            except Exception:
+                log.exception("offline storage for %s failed", bare)
+                self.deliver_error(stanza, StanzaError("internal-server-error"))
+                return
+            if not kept:
+                # XEP-0160 §2: storage refused (full, or none): the sender is told.
                 self.deliver_error(stanza, StanzaError("service-unavailable"))
 
         return decide()
@@ -214,9 +273,9 @@ class Router:
     def _presence_to_bare(
         self, stanza: Element, sender: JID, to: JID, bare: str
     ) -> Awaitable[None] | None:
-        handler = self.server.presence_handler
-        if handler is not None:
-            return handler(stanza, sender, to)
+        presence = self.server.presence
+        if presence is not None:
+            return presence.inbound(stanza, sender, to)
         # Without a presence module: directed presence reaches every available resource.
         for s in self.local.get(bare, {}).values():
             if s.available:
@@ -246,7 +305,9 @@ class Router:
             )
             if reply is not None:
                 reply.set("from", str(to))
-                self.route(reply, to, sender)
+                pending = self.route(reply, to, sender)
+                if pending is not None:
+                    await pending
 
         return serve()
 
@@ -256,9 +317,8 @@ class Router:
         if stanza.tag == QN_IQ:
             return self._iq_to_account(stanza, sender, sender.bare, origin)
         if stanza.tag == QN_PRESENCE:
-            handler = self.server.presence_broadcast
-            if handler is not None:
-                return handler(stanza, sender, origin)
+            # Broadcast presence of a client session went to the presence module in route();
+            # any other presence without 'to' has nowhere to go.
             return None
         # RFC 6120 §10.3.1: a message without 'to' is treated as addressed to the bare JID.
         return self._to_bare(stanza, sender, sender.bare, origin)
@@ -282,7 +342,9 @@ class Router:
                     session=origin,
                 )
                 if reply is not None:
-                    self.route(reply, to, sender)
+                    pending = self.route(reply, to, sender)
+                    if pending is not None:
+                        await pending
 
             return serve()
         if stanza.tag == QN_MESSAGE:

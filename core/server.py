@@ -13,6 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from lxml import etree
 
+from core.component_routes import ComponentRoutes
 from core.router import Router
 from core.runtime.config import Config, effective_redis_url
 from core.runtime.redis import connect
@@ -28,9 +29,33 @@ log = logging.getLogger(__name__)
 
 def default_modules() -> list[Module]:
     """The modules every core loads, in dispatch order."""
-    from core.modules import disco, ping, version
+    from core.modules import (
+        blocking,
+        disco,
+        last,
+        offline,
+        ping,
+        presence,
+        privacy,
+        roster,
+        vcard,
+        version,
+    )
 
-    return [disco.module, ping.module, version.module]
+    # presence before roster: on 'session-closed' the presence module still reads the
+    # in-memory roster that the roster module then lets go.
+    return [
+        disco.module,
+        ping.module,
+        version.module,
+        presence.module,
+        roster.module,
+        offline.module,
+        last.module,
+        privacy.module,
+        blocking.module,
+        vcard.module,
+    ]
 
 
 class CoreServer:
@@ -57,15 +82,26 @@ class CoreServer:
         self.sessions = SessionRegistry(redis, config.node_id)
         self.dispatcher = Dispatcher(default_modules() if modules is None else modules)
         self.router = Router(self)
+        # XEP-0114: a route per configured component domain, installed in the router.
+        self.components = ComponentRoutes(self)
+        # Federation (core/s2s/), started when s2s.port is set; None otherwise.
+        self.s2s: Any = None
         self.started_at = time.time()
         self.c2s_streams: set[Any] = set()
         self.tls: ServerTLS | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
-        # Set by the presence module (RFC 6121); without it the router's fallbacks apply.
-        self.presence_handler: Callable[..., Any] | None = None
-        self.presence_broadcast: Callable[..., Any] | None = None
+        # RFC 6121 services, set by their modules at 'server-started': the rosters of online
+        # accounts (modules/roster.py), presence processing (modules/presence.py), offline
+        # storage (modules/offline.py). Without them the router's fallbacks apply.
+        self.rosters: Any = None
+        self.presence: Any = None
+        self.offline: Any = None
         self.offline_store: Callable[..., Any] | None = None
         self.pending_iqs: dict[str, asyncio.Future[etree._Element]] = {}
+        # XEP-0016 / XEP-0191: the privacy service (modules/privacy.py) and its router hook,
+        # set at 'server-started'; None means nothing is filtered.
+        self.privacy: Any = None
+        self.privacy_check: Callable[..., Any] | None = None
 
     # Helpers for streams and modules -----------------------------------------------
 
@@ -156,6 +192,14 @@ class CoreServer:
             ensure_self_signed(cert, key, cfg.domain)
         self.tls = ServerTLS(cert, key)
         await self.sessions.start()
+        await self.components.start()
+        if cfg.s2s.port:
+            from core.s2s import S2SService
+
+            self.s2s = S2SService(self)
+            await self.s2s.start()
+            # Every domain that is neither ours nor a component's goes over s2s (RFC 6120 §3.2).
+            self.router.remote_route = self.s2s.route_for
         await self.dispatcher.emit("server-started", self)
 
     def listen(self) -> list[Any]:
@@ -182,6 +226,25 @@ class CoreServer:
             log.info(
                 "c2s listening on %s:%d (direct TLS)", cfg.c2s.interface, cfg.c2s.direct_tls_port
             )
+        if cfg.component_listener.port:
+            from core.component_listener import ComponentFactory
+
+            listener = cfg.component_listener
+            ports.append(
+                self.reactor.listenTCP(
+                    listener.port, ComponentFactory(self), interface=listener.interface
+                )
+            )
+            log.info("components listening on %s:%d (XEP-0114)", listener.interface, listener.port)
+        if cfg.s2s.port and self.s2s is not None:
+            from core.s2s.inbound import S2SInboundFactory
+
+            ports.append(
+                self.reactor.listenTCP(
+                    cfg.s2s.port, S2SInboundFactory(self.s2s), interface=cfg.s2s.interface
+                )
+            )
+            log.info("s2s listening on %s:%d", cfg.s2s.interface, cfg.s2s.port)
         if cfg.admin.port:
             from core.runtime.admin import admin_site
 
@@ -196,15 +259,20 @@ class CoreServer:
     async def stop(self) -> None:
         from core.xmpp.errors import StreamError
 
+        await self.dispatcher.emit("server-stopping", self)
         for stream in list(self.c2s_streams):
             stream.close_reason = "server shutting down"
             stream.close_with(StreamError("system-shutdown"))
+        self.components.close_all(StreamError("system-shutdown"))
+        if self.s2s is not None:
+            self.s2s.close_all(StreamError("system-shutdown"))
         await asyncio.sleep(0.1)
         for stream in list(self.c2s_streams):
             stream.transport.abortConnection()
         # Let the closing sessions finish their clean-up before deregistering the node.
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
+        await self.components.stop()
         await self.sessions.stop()
 
     def status(self) -> dict[str, Any]:

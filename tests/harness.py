@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -21,7 +22,8 @@ from typing import Any
 import redis
 from lxml import etree
 
-from core.xmpp.ns import NS_BIND, NS_CLIENT, NS_SASL, NS_STREAMS, NS_TLS, qn
+from core.xmpp.errors import StreamError
+from core.xmpp.ns import NS_BIND, NS_CLIENT, NS_SASL, NS_STANZAS, NS_STREAMS, NS_TLS, qn
 from core.xmpp.parser import StreamClose, StreamOpen, StreamParser
 from core.xmpp.sasl import ScramClient, plain_initial, tls_server_end_point
 
@@ -68,7 +70,10 @@ class CoreProcess:
         *,
         domain: str = "localhost",
         env: dict[str, str] | None = None,
+        s2s: bool = False,
     ) -> None:
+        """``s2s``: listen for server-to-server streams on a free loopback port, which also
+        turns federation on (it is off while ``s2s_port`` is 0)."""
         self.redis_url = redis_url
         self.workdir = workdir
         self.domain = domain
@@ -76,7 +81,7 @@ class CoreProcess:
         self.tls_port = free_port()
         self.admin_port = free_port()
         self.component_port = free_port()
-        self.s2s_port = 0
+        self.s2s_port = free_port() if s2s else 0
         self.extra_env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "core.log"
@@ -92,6 +97,7 @@ class CoreProcess:
             SWITCHBOARD_ADMIN_PORT=str(self.admin_port),
             SWITCHBOARD_COMPONENT_LISTENER_PORT=str(self.component_port),
             SWITCHBOARD_S2S_PORT=str(self.s2s_port),
+            SWITCHBOARD_S2S_INTERFACE="127.0.0.1",
             SWITCHBOARD_AUTH_FAILURE_DELAY="0.05",
             SWITCHBOARD_LOG_LEVEL="debug",
         )
@@ -110,6 +116,8 @@ class CoreProcess:
         )
         log.close()
         wait_port(self.c2s_port, proc=self.proc)
+        if self.s2s_port:
+            wait_port(self.s2s_port, proc=self.proc)
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
@@ -136,6 +144,17 @@ class CoreProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, text: str, timeout: float = 5.0) -> str:
+        """Wait until a line of the log contains ``text``; returns that line."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.log().splitlines():
+                if text in line:
+                    return line
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no log line contains {text!r}")
+            time.sleep(0.02)
 
     def add_user(self, name: str, password: str) -> None:
         """Create an account through the CLI's code path, against this core's Redis."""
@@ -171,14 +190,32 @@ class RawClient:
         self.header: StreamOpen | None = None
         self.jid: str | None = None
 
-    async def connect(self, *, tls: bool = False) -> RawClient:
+    async def connect(
+        self, *, tls: bool = False, alpn: list[str] | None = None, source: str | None = None
+    ) -> RawClient:
+        """Connect (direct TLS with ``tls``, offering ``alpn``), from the loopback address
+        ``source`` if given: every 127.0.0.0/8 address reaches the server, which lets a test
+        appear as several remote addresses."""
+        ctx = None
+        if tls:
+            ctx = client_ssl_context()
+            if alpn:
+                ctx.set_alpn_protocols(alpn)
         self.reader, self.writer = await asyncio.open_connection(
             "127.0.0.1",
             self.port,
-            ssl=client_ssl_context() if tls else None,
+            ssl=ctx,
             server_hostname=self.domain if tls else None,
+            local_addr=(source, 0) if source else None,
         )
         return self
+
+    @property
+    def sockname(self) -> str:
+        """This end's ``host:port``, as the server's log names the connection."""
+        assert self.writer is not None
+        host, port = self.writer.get_extra_info("sockname")[:2]
+        return f"{host}:{port}"
 
     async def send(self, data: bytes | str) -> None:
         assert self.writer is not None
@@ -212,16 +249,38 @@ class RawClient:
             raise AssertionError(f"expected an element, got {ev!r}")
         return ev
 
+    async def stream_error(self, timeout: float = 5.0) -> str | None:
+        """Read until a <stream:error/> and return its condition; None if the connection
+        ended without one. Stanzas and other elements before it are skipped."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no stream error")
+            try:
+                ev = await self.next_event(remaining)
+            except (ConnectionError, StreamError):
+                return None
+            if ev is None or isinstance(ev, StreamClose):
+                return None
+            if isinstance(ev, etree._Element):
+                condition = stream_error_condition(ev)
+                if condition is not None:
+                    return condition
+
     async def closed(self, timeout: float = 5.0) -> bool:
         """True once the server closed the stream and the connection."""
         assert self.reader is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            ev = await self.next_event(timeout)
+            try:
+                ev = await self.next_event(max(deadline - time.monotonic(), 0.01))
+            except ConnectionError:
+                return True
+            except TimeoutError:
+                return False
             if ev is None:
                 return True
-            if isinstance(ev, StreamClose):
-                continue
         return False
 
     async def starttls(self) -> etree._Element:
@@ -295,12 +354,139 @@ class RawClient:
         assert self.jid
         return self.jid
 
+    async def authenticate(
+        self,
+        user: str,
+        password: str,
+        *,
+        mechanism: str = "SCRAM-SHA-256",
+        tls: str = "starttls",
+        source: str | None = None,
+    ) -> etree._Element:
+        """Connect and negotiate up to the restart after SASL; returns the new features."""
+        await self.connect(tls=(tls == "direct"), source=source)
+        await self.open_stream()
+        if tls == "starttls":
+            await self.starttls()
+        result = await self.auth(user, password, mechanism)
+        assert result.tag == qn(NS_SASL, "success"), etree.tostring(result)
+        self.parser.reset()
+        return await self.open_stream()
+
+    async def request(self, xml: str, timeout: float = 5.0) -> etree._Element:
+        """Send an IQ and return the IQ that answers it (same id); what arrives before it is
+        skipped, except a stream error, which fails."""
+        sent = etree.fromstring(f"<x xmlns='{NS_CLIENT}'>{xml}</x>")[0]
+        await self.send(xml)
+        while True:
+            el = await self.next_element(timeout)
+            assert stream_error_condition(el) is None, etree.tostring(el)
+            if el.tag == qn(NS_CLIENT, "iq") and el.get("id") == sent.get("id"):
+                return el
+
+    async def bind(self, resource: str | None) -> etree._Element:
+        """Send a bind request (without <resource/> when None); returns the reply, and sets
+        ``jid`` when it is a result."""
+        res = "" if resource is None else f"<resource>{resource}</resource>"
+        reply = await self.request(
+            f"<iq type='set' id='bind1'><bind xmlns='{NS_BIND}'>{res}</bind></iq>"
+        )
+        if reply.get("type") == "result":
+            self.jid = reply.findtext(f"{{{NS_BIND}}}bind/{{{NS_BIND}}}jid")
+        return reply
+
     async def close(self) -> None:
         if self.writer is not None:
             with contextlib.suppress(Exception):
                 self.writer.write(b"</stream:stream>")
                 self.writer.close()
             self.writer = None
+
+
+class OpenSSLClient:
+    """A blocking client whose TLS layer is pyOpenSSL, for what the stdlib ssl module lacks:
+    the keying-material exporter behind the tls-exporter channel binding (RFC 9266)."""
+
+    def __init__(self, port: int, domain: str = "localhost", timeout: float = 5.0) -> None:
+        self.domain = domain
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout)
+        # A blocking socket with a receive timeout: pyOpenSSL needs the former, a test
+        # needs the latter.
+        self.sock.settimeout(None)
+        secs = int(timeout)
+        self.sock.setsockopt(
+            socket.SOL_SOCKET,
+            socket.SO_RCVTIMEO,
+            struct.pack("ll", secs, int((timeout - secs) * 1e6)),
+        )
+        self.conn: Any = None
+        self.parser = StreamParser()
+        self.events: list[Any] = []
+
+    def send(self, data: str) -> None:
+        (self.conn or self.sock).sendall(data.encode())
+
+    def next_element(self) -> etree._Element:
+        while not self.events:
+            data = (self.conn or self.sock).recv(65536)
+            if not data:
+                raise ConnectionError("closed by the server")
+            self.events.extend(self.parser.feed(data))
+        ev = self.events.pop(0)
+        if isinstance(ev, StreamOpen):
+            return self.next_element()
+        assert isinstance(ev, etree._Element), ev
+        return ev
+
+    def open_stream(self) -> etree._Element:
+        self.send(
+            f"<?xml version='1.0'?><stream:stream xmlns='{NS_CLIENT}' "
+            f"xmlns:stream='{NS_STREAMS}' to='{self.domain}' version='1.0'>"
+        )
+        return self.next_element()
+
+    def starttls(self) -> etree._Element:
+        from OpenSSL import SSL
+
+        self.open_stream()
+        self.send(f"<starttls xmlns='{NS_TLS}'/>")
+        assert self.next_element().tag == qn(NS_TLS, "proceed")
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        ctx.set_verify(SSL.VERIFY_NONE, lambda *_: True)
+        self.conn = SSL.Connection(ctx, self.sock)
+        self.conn.set_tlsext_host_name(self.domain.encode())
+        self.conn.set_connect_state()
+        self.conn.do_handshake()
+        self.parser.reset()
+        return self.open_stream()
+
+    def tls_exporter(self) -> bytes:
+        """RFC 9266 §2: 32 bytes exported with the label EXPORTER-Channel-Binding."""
+        assert self.conn is not None
+        return self.conn.export_keying_material(b"EXPORTER-Channel-Binding", 32)
+
+    def scram_plus(self, user: str, password: str, cb_data: bytes) -> etree._Element:
+        """SCRAM-SHA-256-PLUS bound with tls-exporter; returns <success/> or <failure/>."""
+        client = ScramClient(
+            "sha256", user, password, cb_type="tls-exporter", cb_data=cb_data, plus_advertised=True
+        )
+        self.send(_auth(client.mechanism, client.first()))
+        el = self.next_element()
+        if el.tag != qn(NS_SASL, "challenge"):
+            return el
+        self.send(_sasl("response", client.respond(base64.b64decode(el.text or ""))))
+        el = self.next_element()
+        if el.tag == qn(NS_SASL, "success"):
+            client.verify(base64.b64decode(el.text or ""))
+        return el
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.send("</stream:stream>")
+        with contextlib.suppress(Exception):
+            if self.conn is not None:
+                self.conn.shutdown()
+        self.sock.close()
 
 
 def _auth(mechanism: str, data: bytes) -> str:
@@ -310,6 +496,15 @@ def _auth(mechanism: str, data: bytes) -> str:
 
 def _sasl(name: str, data: bytes) -> str:
     return f"<{name} xmlns='{NS_SASL}'>{base64.b64encode(data).decode() or '='}</{name}>"
+
+
+def stanza_error(el: etree._Element) -> tuple[str | None, str | None]:
+    """(type, condition) of a stanza's <error/>; (None, None) without one."""
+    err = el.find(qn(NS_CLIENT, "error"))
+    if err is None:
+        return None, None
+    names = [etree.QName(c).localname for c in err if etree.QName(c).namespace == NS_STANZAS]
+    return err.get("type"), next((n for n in names if n != "text"), None)
 
 
 def stream_error_condition(el: etree._Element) -> str | None:
@@ -332,16 +527,26 @@ async def slix_client(
     presence: bool = True,
     plugins: tuple[str, ...] = ("xep_0030", "xep_0199"),
     timeout: float = 10.0,
+    mechanism: str | None = None,
+    direct_tls: bool = False,
 ) -> AsyncIterator[Any]:
     """A connected slixmpp client (session started) that records the stanzas it receives in
-    ``client.inbox`` (an asyncio.Queue of message stanzas) and ``client.presences``."""
+    ``client.inbox`` (an asyncio.Queue of message stanzas) and ``client.presences``.
+
+    ``mechanism`` forces one SASL mechanism; ``direct_tls`` connects with TLS from the first
+    byte (XEP-0368, ALPN ``xmpp-client``) instead of STARTTLS."""
     import slixmpp
 
     client = slixmpp.ClientXMPP(jid, password)
     client.ssl_context = client_ssl_context()
-    client.enable_direct_tls = False
+    client.enable_direct_tls = direct_tls
+    client.enable_starttls = not direct_tls
+    if direct_tls:
+        client.ssl_context.set_alpn_protocols(["xmpp-client"])
     for p in plugins:
         client.register_plugin(p)
+    if mechanism is not None:
+        client.plugin["feature_mechanisms"].use_mech = mechanism
     client.inbox = asyncio.Queue()
     client.presences = asyncio.Queue()
     started: asyncio.Future[bool] = asyncio.get_running_loop().create_future()

@@ -1,14 +1,30 @@
 """XEP-0030: Service Discovery of the server and of accounts.
 
 The server's features are exactly those of the loaded modules; its items are the configured
-components.
+components; its info carries the XEP-0157 contact addresses of the ``[contact]`` configuration
+as an XEP-0128 extended form. An account's bare JID is answered by the server (identity
+account/registered and the modules' account features) to the account itself and to contacts
+allowed to see its presence (§8); anyone else gets the ``service-unavailable`` that an unknown
+account gets (and an empty disco#items), so disco does not reveal accounts.
+Nodes are not served: any 'node' is ``item-not-found``.
 """
+
+from dataclasses import fields
+from typing import Any
 
 from lxml import etree
 
+from core.storage.roster import RosterStore
 from core.xmpp.errors import StanzaError
 from core.xmpp.module import IqContext, Module
-from core.xmpp.ns import NS_DISCO_INFO, NS_DISCO_ITEMS, QN_DISCO_INFO, QN_DISCO_ITEMS, qn
+from core.xmpp.ns import (
+    NS_DATA,
+    NS_DISCO_INFO,
+    NS_DISCO_ITEMS,
+    QN_DISCO_INFO,
+    QN_DISCO_ITEMS,
+    qn,
+)
 
 module = Module("disco", spec="XEP-0030", features=[NS_DISCO_INFO, NS_DISCO_ITEMS])
 
@@ -37,7 +53,50 @@ async def server_info(ctx: IqContext) -> etree._Element:
     from core.xmpp.module import Identity
 
     identities = [Identity("server", "im", "Switchboard"), *ctx.host.dispatcher.identities]
-    return info_element(None, identities, ctx.host.dispatcher.features)
+    info = info_element(None, identities, ctx.host.dispatcher.features)
+    form = contact_form(ctx.host.config)
+    if form is not None:
+        info.append(form)
+    return info
+
+
+# XEP-0157 §3 (and its registry entry): the FORM_TYPE and the fields of contact addresses.
+SERVERINFO = "http://jabber.org/network/serverinfo"
+
+
+def contact_form(config: Any) -> etree._Element | None:
+    """XEP-0128 extended info with the XEP-0157 addresses configured in ``[contact]``; None
+    when none is configured."""
+    contact = getattr(config, "contact", None)
+    if contact is None:
+        return None
+    filled = [(f.name, getattr(contact, f.name)) for f in fields(contact)]
+    filled = [(name, values) for name, values in filled if values]
+    if not filled:
+        return None
+    x = etree.Element(qn(NS_DATA, "x"), nsmap={None: NS_DATA})
+    x.set("type", "result")
+    form_type = etree.SubElement(x, qn(NS_DATA, "field"), var="FORM_TYPE", type="hidden")
+    etree.SubElement(form_type, qn(NS_DATA, "value")).text = SERVERINFO
+    for name, values in filled:
+        field = etree.SubElement(x, qn(NS_DATA, "field"), var=f"{name}-addresses")
+        field.set("type", "list-multi")
+        for value in values:
+            etree.SubElement(field, qn(NS_DATA, "value")).text = value
+    return x
+
+
+async def may_discover(ctx: IqContext) -> bool:
+    """The account itself, or a contact with a subscription to its presence (RFC 6121)."""
+    if ctx.sender.local == ctx.to.local and ctx.sender.domain == ctx.to.domain:
+        return True
+    owner = str(ctx.to.bare)
+    rosters = getattr(ctx.host, "rosters", None)
+    roster = await rosters.get(owner) if rosters is not None else None
+    if roster is None:
+        roster = await RosterStore(ctx.host.redis).load(owner)
+    item = roster.items.get(str(ctx.sender.bare))
+    return item is not None and item.subscription in ("from", "both")
 
 
 @module.iq("get", QN_DISCO_ITEMS, to="server")
@@ -53,7 +112,10 @@ async def server_items(ctx: IqContext) -> etree._Element:
 
 @module.iq("get", QN_DISCO_INFO, to="account")
 async def account_info(ctx: IqContext) -> etree._Element:
-    """An account's bare JID, answered by the server on its behalf (§3.1, RFC 6121 §8.5.2.1.3)."""
+    """An account's bare JID, answered by the server on its behalf (§3.1, RFC 6121 §8.5.2.1.3);
+    §8: service-unavailable to those not allowed to see the account's presence."""
+    if not await may_discover(ctx):
+        raise StanzaError("service-unavailable")
     if ctx.payload.get("node"):
         raise StanzaError("item-not-found")
     from core.xmpp.module import Identity
@@ -64,7 +126,12 @@ async def account_info(ctx: IqContext) -> etree._Element:
 
 @module.iq("get", QN_DISCO_ITEMS, to="account")
 async def account_items(ctx: IqContext) -> etree._Element:
-    """An account's items: none are published by the server itself."""
+    """An account's items: its available resources, to those allowed to see its presence
+    (§8: SHOULD); anyone else gets an empty result set (§8: MUST)."""
     if ctx.payload.get("node"):
         raise StanzaError("item-not-found")
-    return etree.Element(QN_DISCO_ITEMS, nsmap={None: NS_DISCO_ITEMS})
+    q = etree.Element(QN_DISCO_ITEMS, nsmap={None: NS_DISCO_ITEMS})
+    if await may_discover(ctx):
+        for s in ctx.host.router.available_sessions(str(ctx.to.bare)):
+            etree.SubElement(q, qn(NS_DISCO_ITEMS, "item"), jid=s.full)
+    return q

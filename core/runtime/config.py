@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -85,6 +86,14 @@ class S2SConfig:
     require_valid_certificates: bool = False
     trust_store: str = ""
     hosts: dict[str, str] = field(default_factory=dict)
+    # XEP-0185: empty means one random secret shared by every node through Redis.
+    dialback_secret: str = ""
+    # Seconds from the first stanza for a domain to an authenticated link; then the queued
+    # stanzas bounce with remote-server-timeout.
+    connect_timeout: float = 30.0
+    idle_timeout: float = 600.0
+    max_stanza_size: int = 262144
+    queue_limit: int = 1000
 
 
 @dataclass
@@ -92,6 +101,8 @@ class ComponentListenerConfig:
     interface: str = "127.0.0.1"
     port: int = 5347
     grace_period: float = 30.0
+    # Larger than c2s: a component relays client stanzas with additions of its own.
+    max_stanza_size: int = 1048576
 
 
 @dataclass
@@ -123,6 +134,20 @@ class AdminConfig:
 
 
 @dataclass
+class ContactConfig:
+    """XEP-0157 contact addresses, advertised in the server's disco#info (XEP-0128); each
+    key is a list of URIs such as ``mailto:xmpp@example.com`` or ``xmpp:admin@example.com``."""
+
+    abuse: list[str] = field(default_factory=list)
+    admin: list[str] = field(default_factory=list)
+    feedback: list[str] = field(default_factory=list)
+    sales: list[str] = field(default_factory=list)
+    security: list[str] = field(default_factory=list)
+    status: list[str] = field(default_factory=list)
+    support: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     domain: str = "localhost"
     node_id: str = ""
@@ -136,6 +161,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    contact: ContactConfig = field(default_factory=ContactConfig)
 
 
 # Section name -> dataclass. ``components`` is a table of tables and handled on its own.
@@ -148,12 +174,21 @@ SECTIONS: dict[str, type] = {
     "auth": AuthConfig,
     "log": LogConfig,
     "admin": AdminConfig,
+    "contact": ContactConfig,
 }
 TOP_LEVEL_KEYS = ("domain", "node_id", "data_dir")
 COMPONENT_KEYS = tuple(f.name for f in fields(ComponentConfig))
 # The dataclasses use postponed annotations, so field types are strings; map them once.
-_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
+_TYPES: dict[str, type] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "list[str]": list,
+}
 _TRUE = ("true", "1", "yes", "on")
+# RFC 3986 §3.1: a scheme, a colon, then something.
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
 _FALSE = ("false", "0", "no", "off")
 
 
@@ -175,6 +210,7 @@ def _type_name(expected: type) -> str:
         float: "a number",
         str: "a string",
         dict: "a table",
+        list: "a list of strings",
     }[expected]
 
 
@@ -188,6 +224,8 @@ def _check_toml_value(value: Any, expected: type) -> tuple[Any, str | None]:
     elif expected is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         value = float(value) if ok else value
+    elif expected is list:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
     else:
         ok = isinstance(value, expected)
     if ok:
@@ -214,6 +252,9 @@ def _parse_env_value(raw: str, expected: type) -> tuple[Any, str | None]:
             return float(text), None
         except ValueError:
             return None, f"expected a number, got {raw!r}"
+    if expected is list:
+        # A list in one variable: comma-separated (URIs do not need a bare comma).
+        return [v.strip() for v in raw.split(",") if v.strip()], None
     if expected is dict:
         return _parse_env_table(raw)
     return raw, None
@@ -407,9 +448,20 @@ class _Loader:
             hosts[domain] = address
         config.s2s.hosts = hosts
         self._components()
+        self._contact()
         if not config.node_id:
             # Unique per process, readable in logs and in Redis session records.
             config.node_id = f"{socket.gethostname()}-{os.getpid()}"
+
+    def _contact(self) -> None:
+        # XEP-0157: each address is a URI (mailto:, xmpp:, https:, ...).
+        for f in fields(ContactConfig):
+            for address in getattr(self.config.contact, f.name):
+                if not _URI.fullmatch(address):
+                    self.problems.append(
+                        f"contact.{f.name}: {address!r} is not a URI such as "
+                        "'mailto:xmpp@example.com' or 'xmpp:admin@example.com'"
+                    )
 
     def _domain(self, value: str, label: str) -> str:
         try:
@@ -446,6 +498,14 @@ class _Loader:
             ("auth.max_failures_per_minute", config.auth.max_failures_per_minute, 1, ""),
             ("auth.failure_delay", config.auth.failure_delay, 0, ""),
             ("component_listener.grace_period", config.component_listener.grace_period, 0, ""),
+            (
+                "component_listener.max_stanza_size",
+                config.component_listener.max_stanza_size,
+                MIN_STANZA_SIZE,
+                "RFC 6120",
+            ),
+            ("s2s.max_stanza_size", config.s2s.max_stanza_size, MIN_STANZA_SIZE, "RFC 6120"),
+            ("s2s.queue_limit", config.s2s.queue_limit, 1, ""),
         ]
         for label, value, minimum, why in minimums:
             if value < minimum:
@@ -454,6 +514,8 @@ class _Loader:
         for label, value in (
             ("c2s.negotiation_timeout", config.c2s.negotiation_timeout),
             ("c2s.idle_timeout", config.c2s.idle_timeout),
+            ("s2s.connect_timeout", config.s2s.connect_timeout),
+            ("s2s.idle_timeout", config.s2s.idle_timeout),
         ):
             if value <= 0:
                 self.problems.append(f"{label}: must be more than 0 seconds, got {value}")

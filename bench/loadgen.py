@@ -1,0 +1,639 @@
+"""The load generator: scenarios against one XMPP server, each printing one JSON line.
+
+    python -m bench.loadgen SCENARIO --port 5222 [--server-pid PID] [options]
+
+Scenarios (RFC 6120 negotiation, RFC 6121 messages and presence):
+
+``login``     N full logins (connect, optional STARTTLS, SASL, restart, bind, close) at
+              concurrency C → logins/s and p50/p99 latency of one login.
+``idle``      N sessions bound and available, held → server RSS per session.
+``messages``  P pairs exchange chat messages, each client keeping a window of W messages in
+              flight, for T seconds → delivered messages/s.
+``latency``   P pairs, messages sent at a fixed total rate R for T seconds, each carrying its
+              send time → p50/p99 end-to-end latency.
+``presence``  U users whose rosters hold K contacts each (provisioned beforehand, mutual
+              subscriptions) fetch their roster and send initial presence → presence
+              stanzas delivered/s (each user gets K contacts' presence plus its own).
+
+With ``--server-pid`` (and ``--aux-pid`` for helpers such as Redis) the line also carries the
+CPU seconds the server spent during the measured interval, next to the generator's own, so
+that it says which side was the bottleneck. Every loop is bounded in count and in time, and
+the generator only connects where it is told (the benchmark uses loopback only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import proc
+from bench.client import (
+    MECHANISMS,
+    PRESENCE,
+    ROSTER_GET,
+    Connection,
+    NegotiationError,
+    client_tls_context,
+    connect,
+)
+
+BODY = "Hello! This chat message is a benchmark payload of a typical length for a short line."
+MESSAGE_END = b"</message>"
+PRESENCE_START = b"<presence"
+UNAVAILABLE = (b"type='unavailable'", b'type="unavailable"')
+ERROR_MARKS = (b"type='error'", b'type="error"')
+
+
+# Measuring -------------------------------------------------------------------------------
+
+
+@dataclass
+class Meter:
+    """CPU seconds of the server, its helpers and the generator over one interval."""
+
+    server: list[int]
+    aux: list[int]
+    started: float = 0.0
+    cpu0: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    result: dict[str, float] = field(default_factory=dict)
+
+    def _now(self) -> tuple[float, float, float]:
+        return (
+            proc.threads_cpu(self.server),
+            proc.threads_cpu(self.aux),
+            proc.own_cpu_seconds(),
+        )
+
+    def start(self) -> None:
+        self.cpu0 = self._now()
+        self.started = time.monotonic()
+
+    def stop(self, wall: float | None = None) -> dict[str, float]:
+        """Close the interval; ``wall`` overrides its length (when CPU was read later)."""
+        cpu1 = self._now()
+        elapsed = wall if wall is not None else time.monotonic() - self.started
+        server, aux, gen = (b - a for a, b in zip(self.cpu0, cpu1, strict=True))
+        self.result = {
+            "wall_s": round(elapsed, 3),
+            "gen_cpu_s": round(gen, 2),
+            "gen_cpu_pct": round(100 * gen / elapsed, 1) if elapsed > 0 else 0.0,
+        }
+        if self.server:
+            self.result["server_cpu_s"] = round(server, 2)
+            self.result["server_cpu_pct"] = round(100 * server / elapsed, 1) if elapsed else 0.0
+        if self.aux:
+            self.result["aux_cpu_s"] = round(aux, 2)
+        return self.result
+
+
+async def settle(pids: list[int], *, quiet: float = 0.2, limit: float = 3.0) -> None:
+    """Wait until the server stops using CPU (at most ``limit`` seconds), so that work it
+    still does for the interval (closing sessions, flushing) is counted in it."""
+    if not pids:
+        return
+    end = time.monotonic() + limit
+    last = proc.threads_cpu(pids)
+    while time.monotonic() < end:
+        await asyncio.sleep(quiet)
+        now = proc.threads_cpu(pids)
+        if now - last < 0.02:
+            return
+        last = now
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of sorted values, nearest rank; 0 when there are none."""
+    if not sorted_values:
+        return 0.0
+    rank = max(0, min(len(sorted_values) - 1, int(q * len(sorted_values) + 0.5) - 1))
+    return sorted_values[rank]
+
+
+# Logging in ------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """Where and as whom the generator logs in."""
+
+    host: str
+    port: int
+    domain: str
+    password: str
+    mechanism: str
+    tls: bool
+    timeout: float
+
+    def user(self, prefix: str, index: int) -> str:
+        return f"{prefix}{index}"
+
+
+async def login_one(t: Target, username: str, resource: str) -> Connection:
+    """Connect and negotiate up to a bound resource."""
+    conn = await connect(t.host, t.port, t.timeout)
+    try:
+        await conn.login(
+            domain=t.domain,
+            username=username,
+            password=t.password,
+            resource=resource,
+            mechanism=t.mechanism,
+            tls=client_tls_context() if t.tls else None,
+            timeout=t.timeout,
+        )
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+async def login_many(
+    t: Target,
+    usernames: list[str],
+    concurrency: int,
+    *,
+    resource: str = "bench",
+    keep: bool = True,
+    errors: list[str] | None = None,
+) -> tuple[list[Connection | None], list[float]]:
+    """Log ``usernames`` in with at most ``concurrency`` negotiations at once.
+
+    Returns the connections (None where a login failed; all None when ``keep`` is false,
+    the streams then being closed right after binding) and each login's latency in seconds.
+    """
+    conns: list[Connection | None] = [None] * len(usernames)
+    latencies: list[float] = []
+    queue = iter(range(len(usernames)))
+
+    async def worker() -> None:
+        for i in queue:
+            t0 = time.perf_counter()
+            try:
+                conn = await login_one(t, usernames[i], resource)
+            except (OSError, NegotiationError, TimeoutError) as exc:
+                if errors is not None:
+                    errors.append(f"{usernames[i]}: {exc}"[:300])
+                continue
+            latencies.append(time.perf_counter() - t0)
+            if keep:
+                conns[i] = conn
+            else:
+                conn.close()
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(usernames))))))
+    return conns, latencies
+
+
+async def barrier(conns: list[Connection], domain: str, timeout: float) -> None:
+    """Ping the server on every stream: afterwards all earlier stanzas have been processed."""
+    await asyncio.gather(*(c.ping(domain, timeout) for c in conns))
+
+
+def close_all(conns: Sequence[Connection | None]) -> None:
+    for c in conns:
+        if c is not None:
+            c.close()
+
+
+def _alive(conns: list[Connection | None]) -> list[Connection]:
+    return [c for c in conns if c is not None]
+
+
+# Scenarios -------------------------------------------------------------------------------
+
+
+async def scenario_login(a: argparse.Namespace, t: Target, meter: Meter) -> dict[str, Any]:
+    span = a.pool - a.first
+    names = [t.user(a.user_prefix, a.first + i % span) for i in range(a.n)]
+    errors: list[str] = []
+    meter.start()
+    t0 = time.monotonic()
+    _conns, lat = await login_many(t, names, a.concurrency, keep=False, errors=errors)
+    wall = time.monotonic() - t0
+    await settle(meter.server)
+    m = meter.stop(wall)
+    lat.sort()
+    return {
+        "logins": len(lat),
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "logins_per_s": round(len(lat) / wall, 1) if wall else 0.0,
+        "p50_ms": round(1000 * percentile(lat, 0.5), 2),
+        "p99_ms": round(1000 * percentile(lat, 0.99), 2),
+        **m,
+    }
+
+
+def idle_warmup(pool: int) -> int:
+    """Sessions logged in before the baseline of the idle scenario."""
+    return min(20, pool // 10)
+
+
+async def scenario_idle(a: argparse.Namespace, t: Target, meter: Meter) -> dict[str, Any]:
+    if not meter.server:
+        raise SystemExit("idle needs --server-pid to read the server's memory")
+    warm = idle_warmup(a.pool)
+    names = [t.user(a.user_prefix, a.first + i) for i in range(warm + a.n)]
+    errors: list[str] = []
+    # A few sessions first, so one-time costs (code paths loaded, caches) fall before the
+    # baseline rather than on the sessions measured.
+    first, _ = await login_many(t, names[:warm], a.concurrency, errors=errors)
+    first_ok = _alive(first)
+    for c in first_ok:
+        c.write(PRESENCE)
+    await barrier(first_ok, t.domain, t.timeout)
+    await settle(meter.server + meter.aux)
+    server = meter.server[0]
+    rss0 = proc.rss_kib(server)
+    aux0 = sum(proc.rss_kib(p) for p in meter.aux)
+    meter.start()
+    rest, _lat = await login_many(t, names[warm:], a.concurrency, errors=errors)
+    rest_ok = _alive(rest)
+    for c in rest_ok:
+        c.write(PRESENCE)
+    await barrier(rest_ok, t.domain, t.timeout)
+    await settle(meter.server + meter.aux)
+    m = meter.stop()
+    rss1 = proc.rss_kib(server)
+    aux1 = sum(proc.rss_kib(p) for p in meter.aux)
+    held = len(rest_ok)
+    out: dict[str, Any] = {
+        "sessions": held,
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "rss_before_kib": rss0,
+        "rss_after_kib": rss1,
+        "rss_per_session_kib": round((rss1 - rss0) / held, 2) if held else None,
+        "logins_per_s": round(held / m["wall_s"], 1) if m["wall_s"] else 0.0,
+        **m,
+    }
+    if meter.aux:
+        out["aux_rss_per_session_kib"] = round((aux1 - aux0) / held, 2) if held else None
+    close_all(first_ok + rest_ok)
+    return out
+
+
+async def _pairs(
+    a: argparse.Namespace, t: Target, errors: list[str]
+) -> tuple[list[Connection], list[bytes]]:
+    """Log in 2P clients, make them available and pair client 2k with 2k+1; returns the
+    connections and, per connection, the bare JID of its partner."""
+    names = [t.user(a.user_prefix, a.first + i) for i in range(2 * a.pairs)]
+    conns, _ = await login_many(t, names, a.concurrency, errors=errors)
+    if any(c is None for c in conns):
+        close_all(conns)
+        raise SystemExit(f"login failed: {errors[:3]}")
+    ok = _alive(conns)
+    for c in ok:
+        c.write(PRESENCE)
+    await barrier(ok, t.domain, t.timeout)
+    partners = []
+    for i in range(len(ok)):
+        partner = names[i ^ 1]
+        partners.append(f"{partner}@{t.domain}".encode())
+    return ok, partners
+
+
+def _message(to: bytes, body: str) -> bytes:
+    return b"<message to='" + to + b"' type='chat'><body>" + body.encode() + b"</body></message>"
+
+
+def seam_count(tail: bytes, data: bytes, marker: bytes) -> int:
+    """Occurrences of ``marker`` in ``data``, plus the one that may straddle the end of the
+    previous chunk (whose last bytes are ``tail``) and the start of this one."""
+    k = len(marker) - 1
+    return data.count(marker) + (tail[-k:] + data[:k]).count(marker)
+
+
+# Bytes kept from the end of each chunk: the longest marker minus one.
+TAIL = 17
+
+
+class _Counter:
+    """Counts complete messages in a stream's chunks and answers each with a new one."""
+
+    __slots__ = ("batch", "errors", "received", "reply", "running", "tail", "transport")
+
+    def __init__(self, conn: Connection, reply: bytes, batch: bool) -> None:
+        self.transport = conn.transport
+        self.reply = reply
+        self.batch = batch
+        self.received = 0
+        self.errors = 0
+        self.tail = b""
+        self.running = True
+
+    def __call__(self, data: bytes) -> None:
+        n = seam_count(self.tail, data, MESSAGE_END)
+        self.tail = data[-9:] if len(data) >= 9 else (self.tail + data)[-9:]
+        if b"error" in data:
+            self.errors += data.count(ERROR_MARKS[0]) + data.count(ERROR_MARKS[1])
+        if n:
+            self.received += n
+            if self.running:
+                write = self.transport.write  # type: ignore[union-attr]
+                if self.batch:
+                    write(self.reply * n)
+                else:
+                    # One write per message: each leaves in its own segment (asyncio sets
+                    # TCP_NODELAY), as from a client that sends one message at a time.
+                    for _ in range(n):
+                        write(self.reply)
+
+
+async def scenario_messages(a: argparse.Namespace, t: Target, meter: Meter) -> dict[str, Any]:
+    errors: list[str] = []
+    conns, partners = await _pairs(a, t, errors)
+    counters = []
+    for conn, partner in zip(conns, partners, strict=True):
+        counter = _Counter(conn, _message(partner, BODY), a.batch)
+        conn.on_data = counter
+        counters.append(counter)
+    server = meter.server[0] if meter.server else None
+    for counter in counters:
+        for _ in range(a.window):
+            counter.transport.write(counter.reply)  # type: ignore[union-attr]
+    await asyncio.sleep(a.warmup)
+    rss0 = proc.rss_kib(server) if server else None
+    before = sum(c.received for c in counters)
+    meter.start()
+    await asyncio.sleep(a.duration)
+    delivered = sum(c.received for c in counters) - before
+    m = meter.stop()
+    rss1 = proc.rss_kib(server) if server else None
+    for c in counters:
+        c.running = False
+    close_all(conns)
+    out: dict[str, Any] = {
+        "pairs": a.pairs,
+        "window": a.window,
+        "delivered": delivered,
+        "msgs_per_s": round(delivered / m["wall_s"], 1),
+        "errors": sum(c.errors for c in counters),
+        **m,
+    }
+    if m.get("server_cpu_s"):
+        out["msgs_per_server_cpu_s"] = round(delivered / m["server_cpu_s"], 1)
+    if rss0 is not None:
+        out["rss_start_kib"], out["rss_end_kib"] = rss0, rss1
+    return out
+
+
+class _Stamps:
+    """Reads the send times out of received message bodies (``<body>t<ns></body>``)."""
+
+    __slots__ = ("buf", "errors", "latencies", "since")
+
+    def __init__(self, latencies: list[int], since: list[int]) -> None:
+        self.buf = b""
+        self.latencies = latencies
+        self.since = since  # [ns]: sends before this are warm-up and not recorded
+        self.errors = 0
+
+    def __call__(self, data: bytes) -> None:
+        now = time.monotonic_ns()
+        buf = self.buf + data if self.buf else data
+        pos = 0
+        keep_from = max(0, len(buf) - 6)
+        since = self.since[0]
+        while True:
+            i = buf.find(b"<body>t", pos)
+            if i < 0:
+                break
+            j = buf.find(b"</body>", i)
+            if j < 0:
+                keep_from = i
+                break
+            sent = int(buf[i + 7 : j])
+            if sent >= since:
+                self.latencies.append(now - sent)
+            pos = j + 7
+            keep_from = pos
+        if b"error" in data:
+            self.errors += data.count(ERROR_MARKS[0]) + data.count(ERROR_MARKS[1])
+        self.buf = buf[keep_from:]
+
+
+async def scenario_latency(a: argparse.Namespace, t: Target, meter: Meter) -> dict[str, Any]:
+    errors: list[str] = []
+    conns, partners = await _pairs(a, t, errors)
+    latencies: list[int] = []
+    since = [1 << 62]
+    stamps = []
+    for conn in conns:
+        s = _Stamps(latencies, since)
+        conn.on_data = s
+        stamps.append(s)
+    heads = [b"<message to='" + p + b"' type='chat'><body>t" for p in partners]
+    tail = b"</body></message>"
+    interval = 1.0 / a.rate
+    total = int(a.rate * (a.warmup + a.duration))
+    start = time.monotonic()
+    measure_at = start + a.warmup
+    server = meter.server[0] if meter.server else None
+    rss0 = None
+    sent = measured_sent = late = 0
+    i = 0
+    while i < total:
+        now = time.monotonic()
+        if since[0] > 1 << 61 and now >= measure_at:
+            since[0] = time.monotonic_ns()
+            rss0 = proc.rss_kib(server) if server else None
+            meter.start()
+            measured_sent = 0
+        due = start + i * interval
+        # Send everything that is due; a message more than 5 ms late means the generator
+        # fell behind its schedule and is counted as such.
+        while i < total and due <= now:
+            if now - due > 0.005:
+                late += 1
+            k = i % len(conns)
+            conns[k].write(heads[k] + str(time.monotonic_ns()).encode() + tail)
+            i += 1
+            sent += 1
+            measured_sent += 1
+            due = start + i * interval
+        if i < total:
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+    m = meter.stop()
+    # Let the last messages arrive (bounded).
+    deadline = time.monotonic() + 2.0
+    while len(latencies) < measured_sent and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    rss1 = proc.rss_kib(server) if server else None
+    close_all(conns)
+    lat = sorted(x / 1e6 for x in latencies)
+    out: dict[str, Any] = {
+        "pairs": a.pairs,
+        "rate": a.rate,
+        "sent": measured_sent,
+        "received": len(lat),
+        "late_sends": late,
+        "errors": sum(s.errors for s in stamps),
+        "p50_ms": round(percentile(lat, 0.5), 3),
+        "p90_ms": round(percentile(lat, 0.9), 3),
+        "p99_ms": round(percentile(lat, 0.99), 3),
+        "p999_ms": round(percentile(lat, 0.999), 3),
+        "max_ms": round(lat[-1], 3) if lat else 0.0,
+        **m,
+    }
+    if rss0 is not None:
+        out["rss_start_kib"], out["rss_end_kib"] = rss0, rss1
+    return out
+
+
+class _PresenceCounter:
+    """Counts presence stanzas, and among them those that are not ``unavailable``."""
+
+    __slots__ = ("tail", "total")
+
+    def __init__(self, total: list[int]) -> None:
+        self.tail = b""
+        self.total = total  # [all stanzas, available ones], shared by all streams
+
+    def __call__(self, data: bytes) -> None:
+        tail = self.tail
+        n = seam_count(tail, data, PRESENCE_START)
+        gone = seam_count(tail, data, UNAVAILABLE[0]) + seam_count(tail, data, UNAVAILABLE[1])
+        self.tail = data[-TAIL:] if len(data) >= TAIL else (tail + data)[-TAIL:]
+        self.total[0] += n
+        self.total[1] += n - gone
+
+
+async def scenario_presence(a: argparse.Namespace, t: Target, meter: Meter) -> dict[str, Any]:
+    names = [t.user(a.user_prefix, a.first + i) for i in range(a.n)]
+    errors: list[str] = []
+    conns, _ = await login_many(t, names, a.concurrency, errors=errors)
+    ok = _alive(conns)
+    total = [0, 0]
+    counters = []
+    for conn in ok:
+        c = _PresenceCounter(total)
+        conn.on_data = c
+        counters.append(c)
+    # Each user receives the presence of its contacts (they are all online) and its own
+    # (RFC 6121 §4.2.2, §4.2.3: broadcast to contacts and to the user's own resources;
+    # contacts that came online earlier answer the probe through their server).
+    expected = len(ok) * (a.contacts + 1)
+    meter.start()
+    t0 = time.monotonic()
+    for conn in ok:
+        conn.write(ROSTER_GET + PRESENCE)
+    deadline = t0 + a.duration
+    last_change, seen = t0, 0
+    while total[1] < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+        if total[0] != seen:
+            seen, last_change = total[0], time.monotonic()
+        elif time.monotonic() - last_change > 3.0:
+            break  # nothing more is coming
+    wall = (last_change if total[1] < expected else time.monotonic()) - t0
+    await settle(meter.server)
+    m = meter.stop(wall)
+    close_all(ok)
+    return {
+        "users": len(ok),
+        "contacts": a.contacts,
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "expected_available": expected,
+        "available": total[1],
+        "delivered": total[0],
+        "complete": total[1] >= expected,
+        "presence_per_s": round(total[0] / wall, 1) if wall > 0 else 0.0,
+        **m,
+    }
+
+
+SCENARIOS: dict[str, Callable[..., Any]] = {
+    "login": scenario_login,
+    "idle": scenario_idle,
+    "messages": scenario_messages,
+    "latency": scenario_latency,
+    "presence": scenario_presence,
+}
+
+
+# Command line ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.split("\n")[0])
+    p.add_argument("scenario", choices=sorted(SCENARIOS))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5222)
+    p.add_argument("--domain", default="localhost")
+    p.add_argument("--password", default="bench-password")
+    p.add_argument("--user-prefix", default="u", help="accounts are PREFIX0, PREFIX1, ...")
+    p.add_argument("--first", type=int, default=0, help="index of the first account used")
+    p.add_argument("--pool", type=int, default=1000, help="accounts PREFIX0..PREFIX<pool-1>")
+    p.add_argument("--mech", choices=MECHANISMS, default="SCRAM-SHA-1")
+    p.add_argument("--tls", action="store_true", help="STARTTLS before authenticating")
+    p.add_argument("-n", "--n", type=int, default=1000, help="logins, sessions or users")
+    p.add_argument("-c", "--concurrency", type=int, default=50, help="logins at once")
+    p.add_argument("--pairs", type=int, default=50)
+    p.add_argument("--window", type=int, default=10, help="messages in flight per client")
+    p.add_argument(
+        "--batch", action="store_true", help="messages: answer n messages with one write"
+    )
+    p.add_argument("--rate", type=float, default=1000.0, help="latency: messages/s in total")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds (bound)")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    p.add_argument("--contacts", type=int, default=50, help="presence: roster size")
+    p.add_argument("--timeout", type=float, default=30.0, help="per negotiation step")
+    p.add_argument("--server-pid", type=int, action="append", default=[])
+    p.add_argument("--aux-pid", type=int, action="append", default=[])
+    p.add_argument("--label", default="", help="copied into the output (server name)")
+    p.add_argument("--cpu", type=int, action="append", default=[], help="pin to this CPU")
+    return p
+
+
+def check_args(a: argparse.Namespace) -> None:
+    """Bounds that keep every run finite and within the provisioned accounts."""
+    if a.host not in ("127.0.0.1", "::1", "localhost") and not a.host.startswith("127."):
+        raise SystemExit("the generator only targets loopback addresses")
+    needed = {
+        "login": min(a.n, a.pool - a.first),
+        "idle": idle_warmup(a.pool) + a.n,
+        "messages": 2 * a.pairs,
+        "latency": 2 * a.pairs,
+        "presence": a.n,
+    }[a.scenario]
+    if a.first < 0 or a.first + needed > a.pool or needed < 1:
+        raise SystemExit(
+            f"{a.scenario} needs accounts {a.user_prefix}{a.first}.."
+            f"{a.user_prefix}{a.first + needed - 1}; --pool is {a.pool}"
+        )
+    if not 0 < a.duration <= 3600 or a.warmup < 0 or a.rate <= 0 or a.window < 1:
+        raise SystemExit("duration must be in (0, 3600], warmup >= 0, rate > 0, window >= 1")
+
+
+async def run(a: argparse.Namespace) -> dict[str, Any]:
+    t = Target(a.host, a.port, a.domain, a.password, a.mech, a.tls, a.timeout)
+    meter = Meter(server=a.server_pid, aux=a.aux_pid)
+    body = await SCENARIOS[a.scenario](a, t, meter)
+    head: dict[str, Any] = {"scenario": a.scenario, "server": a.label}
+    if a.scenario in ("login", "idle", "presence"):
+        head.update(n=a.n, concurrency=a.concurrency, tls=a.tls, mech=a.mech)
+    return {**head, **body}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    check_args(a)
+    proc.raise_fd_limit()
+    if a.cpu:
+        proc.pin(0, set(a.cpu))
+    result = asyncio.run(run(a))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

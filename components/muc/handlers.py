@@ -1,0 +1,149 @@
+"""The MUC service's protocol handlers (Module API): which stanza goes to which part of the
+service. Presence and messages to rooms and occupants arrive as hooks; IQs by payload.
+
+XEP-0045 §6 (disco), §7 (occupants), §8-§10 (muc#admin, muc#owner); XEP-0199 and XEP-0410
+(pings to rooms and occupants).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from lxml import etree
+
+from components.muc import disco
+from components.muc.names import QN_ADMIN_QUERY, QN_OWNER_QUERY
+from components.muc.service import MucService
+from core.xmpp.errors import StanzaError
+from core.xmpp.module import Dispatcher, Identity, IqContext, IqHandler, Module, Target
+from core.xmpp.ns import (
+    NS_DISCO_INFO,
+    NS_DISCO_ITEMS,
+    NS_MUC,
+    NS_PING,
+    QN_DISCO_INFO,
+    QN_DISCO_ITEMS,
+    QN_PING,
+)
+
+Element = etree._Element
+
+
+def build_module(service: Callable[[], MucService], name: str = "Chatrooms") -> Module:
+    """The ``muc`` module; ``service`` returns the MucService once the process has one."""
+    module = Module(
+        "muc",
+        spec="XEP-0045",
+        features=[NS_MUC, NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING],
+        identities=[Identity("conference", "text", name)],
+    )
+
+    @module.on("presence")
+    async def on_presence(app: Any, stanza: Element) -> None:
+        await service().handle_presence(stanza)
+
+    @module.on("message")
+    async def on_message(app: Any, stanza: Element) -> None:
+        await service().handle_message(stanza)
+
+    @module.on("link-down")
+    async def on_link_down(app: Any, reason: str) -> None:
+        # While the link is down the core may give our rooms to other instances.
+        service().forget_all()
+
+    @module.on("link-up")
+    async def on_link_up(app: Any) -> None:
+        service().forget_all()
+
+    @module.iq("get", QN_DISCO_INFO, to="server")
+    async def service_info(ctx: IqContext) -> Element:
+        """§6.2: identity conference/text and the service's features."""
+        if ctx.payload.get("node"):
+            raise StanzaError("item-not-found")
+        return disco.service_info(name)
+
+    @module.iq("get", QN_DISCO_ITEMS, to="server")
+    async def service_items(ctx: IqContext) -> Element:
+        """§6.3: the public rooms."""
+        if ctx.payload.get("node"):
+            raise StanzaError("item-not-found")
+        return disco.service_items(await service().public_rooms())
+
+    @module.iq("get", QN_PING, to="server")
+    async def ping_service(ctx: IqContext) -> None:
+        """XEP-0199: the service is alive."""
+        return None
+
+    @module.iq("get", QN_DISCO_INFO, to="entity")
+    async def room_info(ctx: IqContext) -> Element | None:
+        """§6.4: a room's identity, features and muc#roominfo form."""
+        if ctx.to.resource is not None:
+            return await service().occupant_iq(ctx.iq, ctx.sender, ctx.to)
+        return await service().room_info(ctx.sender, ctx.to, ctx.payload.get("node"))
+
+    @module.iq("get", QN_DISCO_ITEMS, to="entity")
+    async def room_items(ctx: IqContext) -> Element | None:
+        """§6.5: a room's occupants, to occupants."""
+        if ctx.to.resource is not None:
+            return await service().occupant_iq(ctx.iq, ctx.sender, ctx.to)
+        return await service().room_items(ctx.sender, ctx.to, ctx.payload.get("node"))
+
+    @module.iq("get", QN_PING, to="entity")
+    async def ping_entity(ctx: IqContext) -> Element | None:
+        """XEP-0199 to a room; XEP-0410 self-ping to one's own occupant JID."""
+        if ctx.to.resource is not None:
+            return await service().occupant_iq(ctx.iq, ctx.sender, ctx.to)
+        await service().ping_room(ctx.sender, ctx.to)
+        return None
+
+    @module.iq("get", QN_ADMIN_QUERY, to="entity")
+    async def admin_get(ctx: IqContext) -> Element:
+        """§8.5, §9.2, §9.5, §9.8, §10.5, §10.8: role and affiliation lists."""
+        _to_room(ctx)
+        return await service().admin_get(ctx.sender, ctx.to, ctx.payload)
+
+    @module.iq("set", QN_ADMIN_QUERY, to="entity")
+    async def admin_set(ctx: IqContext) -> None:
+        """§8-§10: role and affiliation changes."""
+        _to_room(ctx)
+        await service().admin_set(ctx.sender, ctx.to, ctx.payload)
+
+    @module.iq("get", QN_OWNER_QUERY, to="entity")
+    async def owner_get(ctx: IqContext) -> Element:
+        """§10.2: the configuration form."""
+        _to_room(ctx)
+        return await service().owner_get(ctx.sender, ctx.to)
+
+    @module.iq("set", QN_OWNER_QUERY, to="entity")
+    async def owner_set(ctx: IqContext) -> None:
+        """§10.1.2, §10.1.3, §10.2, §10.9: configure, cancel, destroy."""
+        _to_room(ctx)
+        await service().owner_set(ctx.sender, ctx.to, ctx.payload)
+
+    return module
+
+
+def _to_room(ctx: IqContext) -> None:
+    if ctx.to.resource is not None:
+        raise StanzaError("bad-request", "send this to the room's bare JID")
+
+
+class MucDispatcher(Dispatcher):
+    """The Module API dispatcher, plus: any other IQ to an occupant JID is forwarded to that
+    occupant (XEP-0045 §7.5 applied to IQs, e.g. vCard or version queries)."""
+
+    def __init__(self, modules: list[Module], service: Callable[[], MucService]) -> None:
+        super().__init__(modules)
+        self._service = service
+
+    def find_iq(self, type: str, qname: str, target: Target) -> IqHandler | None:
+        handler = super().find_iq(type, qname, target)
+        if handler is None and target == "entity":
+            return self._forward
+        return handler
+
+    async def _forward(self, ctx: IqContext) -> Element | None:
+        if ctx.to.resource is None:
+            raise StanzaError("service-unavailable")
+        return await self._service().occupant_iq(ctx.iq, ctx.sender, ctx.to)

@@ -1,0 +1,430 @@
+"""The MUC service of one instance: finds each stanza's room (in memory, else in Redis), runs
+the room logic, stores what changed, then sends what the logic produced.
+
+Several instances may serve one MUC domain (``instances = "shard"``): the core hands every
+room to exactly one of them and moves rooms when an instance comes or goes. An instance
+therefore never trusts its memory blindly: before each stanza it compares the room's version
+token with Redis and reloads the room when another instance changed it, and every write is
+conditional on that token (``RoomStore.save``). A room taken over from a dead instance is
+simply loaded; its occupants keep their nicks and presence and notice nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from lxml import etree
+
+from components.muc import admin, disco, join, messages, occupants, owner
+from components.muc.env import Env, Out
+from components.muc.errors import Refused
+from components.muc.model import CorruptRoom, Occupant, Room
+from components.muc.names import QN_X_MUC, STATUS_ERROR_REMOVED, STATUS_SELF
+from components.muc.stanzas import add_item, add_statuses, join_error, muc_user
+from components.muc.store import RoomStore, StaleRoom
+from core.xmpp.errors import StanzaError
+from core.xmpp.jid import JID, JIDError, parse_jid
+from core.xmpp.ns import NS_CLIENT, QN_IQ, QN_PRESENCE, qn
+from core.xmpp.stanza import error_reply, make, new_id, payload_of
+
+log = logging.getLogger(__name__)
+Element = etree._Element
+Step = Callable[[Room | None], Awaitable[Out]]
+
+# Attempts at a stanza whose room another instance changed meanwhile.
+MAX_ATTEMPTS = 3
+# Rooms kept in memory; others are loaded from Redis when needed.
+CACHE_SIZE = 10000
+# Seconds an IQ forwarded to an occupant may take (it holds up the room meanwhile).
+FORWARD_TIMEOUT = 5.0
+_SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe")
+# RFC 6120 §8.3.3: errors that mean the recipient cannot be reached (§18.1 of XEP-0045: the
+# service removes such an occupant).
+_GONE_CONDITIONS = frozenset(
+    {
+        "gone",
+        "item-not-found",
+        "jid-malformed",
+        "recipient-unavailable",
+        "redirect",
+        "remote-server-not-found",
+        "remote-server-timeout",
+        "service-unavailable",
+    }
+)
+
+
+class MucService:
+    """Rooms of one MUC domain, as served by this instance."""
+
+    def __init__(
+        self,
+        store: RoomStore,
+        env: Env,
+        send: Callable[[Element], Any],
+        *,
+        iq: Callable[..., Awaitable[Element]] | None = None,
+        name: str = "Chatrooms",
+    ) -> None:
+        self.store = store
+        self.env = env
+        self.send = send
+        self.iq = iq
+        self.name = name
+        self.rooms: OrderedDict[str, Room] = OrderedDict()
+
+    @property
+    def domain(self) -> str:
+        return self.env.domain
+
+    # Rooms in memory and in Redis -------------------------------------------------------
+
+    def forget_all(self) -> None:
+        """Drop every room from memory (the link went down: rooms may move meanwhile)."""
+        self.rooms.clear()
+
+    async def room(self, jid: str) -> Room | None:
+        """The current state of room ``jid``, None when it does not exist."""
+        cached = self.rooms.get(jid)
+        version = await self.store.version(jid)
+        if version is None:
+            self.rooms.pop(jid, None)
+            return None
+        if cached is not None and cached.version == version:
+            self.rooms.move_to_end(jid)
+            return cached
+        try:
+            room = await self.store.load(jid, self.env.settings.max_history)
+        except CorruptRoom as exc:
+            log.error("room %s cannot be read back and is removed: %s", jid, exc)
+            await self._drop_corrupt(jid)
+            return None
+        if room is None:
+            self.rooms.pop(jid, None)
+            return None
+        if cached is not None:
+            log.info("room %s changed elsewhere; reloaded", jid)
+        self._cache(room)
+        return room
+
+    def _cache(self, room: Room) -> None:
+        self.rooms[room.jid] = room
+        self.rooms.move_to_end(room.jid)
+        while len(self.rooms) > CACHE_SIZE:
+            self.rooms.popitem(last=False)
+
+    async def _drop_corrupt(self, jid: str) -> None:
+        """XEP-0045 §18.1 / status 333: a room whose state cannot be recovered is removed, and
+        every occupant that can still be named learns it is no longer in the room."""
+        from components.muc.store import occupants_key
+
+        try:
+            raw = await self.store.redis.hgetall(occupants_key(jid))
+        except Exception:
+            log.exception("cannot read the occupants of %s", jid)
+            raw = {}
+        for nick, value in raw.items():
+            try:
+                occupant = Occupant.from_dict(json.loads(value))
+            except (CorruptRoom, ValueError):
+                continue
+            for full in occupant.sessions:
+                p = make(
+                    "presence",
+                    to=full,
+                    frm=f"{jid}/{nick.decode(errors='replace')}",
+                    type="unavailable",
+                    id=new_id(),
+                )
+                x = muc_user(p)
+                add_item(x, affiliation="none", role="none", reason="The room was lost")
+                add_statuses(x, [STATUS_SELF, STATUS_ERROR_REMOVED])
+                self.send(p)
+        await self.store.delete(jid)
+        self.rooms.pop(jid, None)
+
+    async def run(self, jid: str, step: Step) -> Out:
+        """Run ``step`` on the room's current state, store its changes, return its output.
+
+        The step gets the room (None when it does not exist yet) and returns the stanzas to
+        send; it may create the room (``self.rooms``). Raises what the step raises."""
+        for _ in range(MAX_ATTEMPTS):
+            room = await self.room(jid)
+            try:
+                out = await step(room)
+            except Exception:
+                if room is not None and room.changes:
+                    self.rooms.pop(jid, None)  # partly changed: reload next time
+                raise
+            room = self.rooms.get(jid, room)
+            if room is None or not room.changes:
+                return out
+            destroyed = room.changes.destroyed
+            try:
+                await self.store.save(room, self.env.settings.max_history)
+            except StaleRoom:
+                log.info("room %s was written elsewhere meanwhile; handling again", jid)
+                self.rooms.pop(jid, None)
+                continue
+            except Exception:
+                self.rooms.pop(jid, None)
+                raise
+            if destroyed:
+                self.rooms.pop(jid, None)
+            return out
+        raise StanzaError("resource-constraint", "the room is busy; try again")
+
+    def emit(self, out: Out) -> None:
+        for stanza in out:
+            self.send(stanza)
+
+    # Presence ----------------------------------------------------------------------------
+
+    async def handle_presence(self, stanza: Element) -> None:
+        try:
+            sender = parse_jid(stanza.get("from") or "")
+            to = parse_jid(stanza.get("to") or "")
+        except JIDError:
+            self._bounce(stanza, StanzaError("jid-malformed"))
+            return
+        ptype = stanza.get("type")
+        if to.local is None or ptype in _SUBSCRIPTION_TYPES:
+            return
+        room_jid = str(to.bare)
+        if ptype == "error":
+            await self._error_from(room_jid, sender, stanza)
+            return
+        if to.resource is None:
+            if ptype is None:
+                # §7.2.1: a join needs a nick.
+                self._bounce(stanza, Refused("bad-nick").to_stanza_error(), presence=True)
+            return
+        try:
+            out = await self.run(room_jid, self._presence_step(stanza, sender, to))
+        except Refused as exc:
+            self._bounce(stanza, exc.to_stanza_error(), presence=True)
+            return
+        self.emit(out)
+
+    def _presence_step(self, stanza: Element, sender: JID, to: JID) -> Step:
+        full, bare = str(sender), str(sender.bare)
+        nick = to.resource or ""
+        ptype = stanza.get("type")
+        env = self.env
+
+        async def step(room: Room | None) -> Out:
+            occupant = room.occupant_of(full) if room is not None else None
+            if ptype == "unavailable":
+                if room is None or occupant is None:
+                    return []
+                return occupants.leave(room, occupant, full, stanza, env)
+            if occupant is None:
+                if stanza.find(QN_X_MUC) is None:
+                    if room is None:
+                        return []
+                    return [occupants.not_in_room(room, stanza, nick)]
+                created = False
+                if room is None:
+                    room = await self._create(str(to.bare), sender)
+                    created = True
+                return join.enter(room, stanza, full, bare, nick, env, created=created)
+            assert room is not None
+            if occupant.nick != nick:
+                return occupants.change_nick(room, occupant, full, nick, stanza, env)
+            if stanza.find(QN_X_MUC) is not None:
+                return join.rejoin(room, occupant, full, stanza, env)
+            return occupants.update_presence(room, occupant, full, stanza)
+
+        return step
+
+    async def _create(self, jid: str, creator: JID) -> Room:
+        """§10.1.1: a join to a room that does not exist creates it, if the user may."""
+        settings = self.env.settings
+        if settings.creators == "nobody" or (
+            settings.creators == "local" and creator.domain != settings.server_domain
+        ):
+            raise Refused("creation-denied")
+        bare = str(creator.bare)
+        if settings.max_rooms_per_user and (
+            await self.store.created_by(bare) >= settings.max_rooms_per_user
+        ):
+            raise Refused("rooms-limit")
+        room = join.new_room(jid, bare, self.env)
+        self._cache(room)
+        return room
+
+    async def _error_from(self, room_jid: str, sender: JID, stanza: Element) -> None:
+        """An error bounced by an occupant's server: that session is gone (§18.1)."""
+        if stanza.tag != QN_PRESENCE:
+            # A message error removes the occupant only when it says the session is gone.
+            err = stanza.find(qn(NS_CLIENT, "error"))
+            condition = StanzaError.from_element(err).condition if err is not None else "undefined"
+            if condition not in _GONE_CONDITIONS:
+                return
+        full = str(sender)
+
+        async def step(room: Room | None) -> Out:
+            occupant = room.occupant_of(full) if room is not None else None
+            if room is None or occupant is None:
+                return []
+            log.info("removing %s from %s after an error bounce", occupant.nick, room_jid)
+            return occupants.remove_session_after_error(room, occupant, full)
+
+        self.emit(await self.run(room_jid, step))
+
+    # Messages ----------------------------------------------------------------------------
+
+    async def handle_message(self, stanza: Element) -> None:
+        try:
+            sender = parse_jid(stanza.get("from") or "")
+            to = parse_jid(stanza.get("to") or "")
+        except JIDError:
+            self._bounce(stanza, StanzaError("jid-malformed"))
+            return
+        mtype = stanza.get("type", "normal")
+        if to.local is None:
+            self._bounce(stanza, StanzaError("service-unavailable"))
+            return
+        room_jid = str(to.bare)
+        if mtype == "error":
+            await self._error_from(room_jid, sender, stanza)
+            return
+        full = str(sender)
+        env = self.env
+
+        async def step(room: Room | None) -> Out:
+            if room is None or (room.locked and room.occupant_of(full) is None):
+                raise Refused("no-such-room")
+            if to.resource is not None:
+                return messages.private_message(room, stanza, full, to.resource, env)
+            if mtype == "groupchat":
+                return messages.groupchat(room, stanza, full, env)
+            return messages.mediated(room, stanza, full, env)
+
+        try:
+            out = await self.run(room_jid, step)
+        except Refused as exc:
+            self._bounce(stanza, exc.to_stanza_error())
+            return
+        self.emit(out)
+
+    def _bounce(self, stanza: Element, error: StanzaError, *, presence: bool = False) -> None:
+        if presence and stanza.get("type") not in ("error", "unavailable"):
+            self.send(join_error(stanza, error))
+            return
+        reply = error_reply(stanza, error)
+        if reply is not None:
+            self.send(reply)
+
+    # IQs ---------------------------------------------------------------------------------
+
+    async def room_iq(self, to: JID, action: Callable[[Room], Out | Element | None]) -> Any:
+        """Run an IQ action on an existing room; what it sends is sent, what it returns is
+        the IQ's result payload."""
+        result: list[Any] = []
+
+        async def step(room: Room | None) -> Out:
+            if room is None:
+                raise Refused("no-such-room")
+            value = action(room)
+            if isinstance(value, list):
+                return value
+            result.append(value)
+            return []
+
+        try:
+            out = await self.run(str(to.bare), step)
+        except Refused as exc:
+            raise exc.to_stanza_error() from None
+        self.emit(out)
+        return result[0] if result else None
+
+    async def admin_get(self, sender: JID, to: JID, query: Element) -> Element:
+        return await self.room_iq(
+            to, lambda room: admin.admin_get(room, str(sender), str(sender.bare), query)
+        )
+
+    async def admin_set(self, sender: JID, to: JID, query: Element) -> None:
+        await self.room_iq(
+            to, lambda room: admin.admin_set(room, str(sender), str(sender.bare), query, self.env)
+        )
+
+    async def owner_get(self, sender: JID, to: JID) -> Element:
+        return await self.room_iq(to, lambda room: owner.owner_get(room, str(sender.bare)))
+
+    async def owner_set(self, sender: JID, to: JID, query: Element) -> None:
+        await self.room_iq(
+            to, lambda room: owner.owner_set(room, str(sender.bare), query, self.env)
+        )
+
+    async def room_info(self, sender: JID, to: JID, node: str | None) -> Element:
+        return await self.room_iq(to, lambda room: disco.room_info(room, str(sender.bare), node))
+
+    async def room_items(self, sender: JID, to: JID, node: str | None) -> Element:
+        return await self.room_iq(to, lambda room: disco.room_items(room, str(sender), node))
+
+    async def public_rooms(self) -> list[tuple[str, str]]:
+        """§6.3: public, unlocked rooms, at most ``max_listed_rooms`` of them."""
+        jids = await self.store.rooms()
+        listed = []
+        for jid, config, locked in await self.store.summaries(jids):
+            if config.public and not locked:
+                listed.append((jid, config.name or jid.partition("@")[0]))
+            if len(listed) >= self.env.settings.max_listed_rooms:
+                break
+        return listed
+
+    async def ping_room(self, sender: JID, to: JID) -> None:
+        """XEP-0199 to a room: it answers when it exists."""
+        await self.room_iq(to, lambda room: None)
+
+    async def occupant_iq(self, iq: Element, sender: JID, to: JID) -> Element | None:
+        """An IQ to an occupant JID. XEP-0410 §3.2: a self-ping is answered by the room
+        (a result while joined as that nick, else not-acceptable); other IQs go to the
+        occupant's real JID from the sender's occupant JID (§7.5 of XEP-0045, applied to IQs)
+        and the answer comes back the same way."""
+        full = str(sender)
+        nick = to.resource or ""
+        payload = payload_of(iq)
+        target: list[tuple[str, str]] = []
+
+        def find(room: Room) -> None:
+            me = room.occupant_of(full)
+            if me is None:
+                raise Refused("not-occupant")
+            if (
+                me.nick == nick
+                and payload is not None
+                and payload.tag == qn("urn:xmpp:ping", "ping")
+            ):
+                return None
+            other = room.occupants.get(nick)
+            if other is None:
+                raise Refused("no-such-occupant")
+            target.append((me.nick, other.primary))
+            return None
+
+        await self.room_iq(to, find)
+        if not target:
+            return None  # a self-ping
+        if self.iq is None:
+            raise StanzaError("service-unavailable")
+        my_nick, real = target[0]
+        forwarded = copy.deepcopy(iq)
+        forwarded.set("from", f"{to.bare}/{my_nick}")
+        forwarded.set("to", real)
+        forwarded.set("id", new_id())
+        try:
+            reply = await self.iq(forwarded, timeout=FORWARD_TIMEOUT)
+        except TimeoutError:
+            raise StanzaError("recipient-unavailable") from None
+        except ConnectionError:
+            raise StanzaError("remote-server-timeout") from None
+        if reply.tag != QN_IQ:
+            return None
+        return payload_of(reply)

@@ -1,0 +1,388 @@
+"""The server side of the Jabber Component Protocol (XEP-0114, ``jabber:component:accept``).
+
+One ``ComponentStream`` per connection on the component port (5347 by default):
+
+1. The component opens ``<stream:stream xmlns='jabber:component:accept' to='<domain>'>``.
+   The server answers with its own header (``from`` = the domain, a fresh ``id``), then:
+   no ``to`` → ``<improper-addressing/>``; a domain that is not configured →
+   ``<host-unknown/>``; a wrong content namespace → ``<invalid-namespace/>``.
+2. The component sends ``<handshake>`` = hex SHA-1(id + secret); a wrong value is
+   ``<not-authorized/>``, as is anything else sent before the handshake. On success the
+   server sends an empty ``<handshake/>`` and the link goes live (core.component_routes).
+3. Stanzas from the component must have a ``from`` whose domain is exactly the component's
+   domain (XEP-0114 §3; subdomains are other components) — ``<invalid-from/>`` otherwise — and
+   a ``to`` — ``<improper-addressing/>`` otherwise. COMPAT: a stanza without ``from`` is taken
+   as from the domain, as Prosody does, for components written against it.
+
+Instance id: the resource of the header's ``from`` when it is ``<domain>/<instance>`` (the
+component client of core.xmpp.component sends it); otherwise a generated one.
+
+Limits are those of client streams: restricted XML and the parser limits of core.xmpp.parser,
+with ``component_listener.max_stanza_size``. Writes to a component that does not read are
+bounded too: past a backlog of ``overflow_limit`` bytes stanzas bounce with
+``resource-constraint`` instead of queueing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from lxml import etree
+from twisted.internet import protocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from core.component_routes import DomainRoute
+from core.xmpp.component_link import QN_HANDSHAKE, handshake_valid
+from core.xmpp.errors import StanzaError, StreamError
+from core.xmpp.jid import JID, JIDError, parse_jid, prep_domain, prep_resource
+from core.xmpp.ns import NS_COMPONENT, NS_STREAMS, QN_IQ, QN_MESSAGE, QN_PRESENCE, QN_STREAM
+from core.xmpp.parser import StreamClose, StreamOpen, StreamParser
+from core.xmpp.stanza import error_reply, new_id, serialize, to_client_ns
+
+if TYPE_CHECKING:
+    from core.server import CoreServer
+
+log = logging.getLogger(__name__)
+Element = etree._Element
+
+STREAM_CLOSE = b"</stream:stream>"
+_COMPONENT_PREFIX = f"{{{NS_COMPONENT}}}"
+HEADER, HANDSHAKE, LINKED, CLOSED = range(4)
+# Stanzas parsed but waiting for an earlier one of the same link; past this, stop reading.
+BACKLOG_PAUSE = 256
+
+
+@implementer(IPushProducer)
+class ComponentStream(protocol.Protocol):
+    """One component connection: header, handshake, then the link (core.component_routes.Link).
+
+    Registered as the transport's producer so that Twisted says when the component stops
+    reading; what is written while it does not read is counted and bounded."""
+
+    transport: Any  # a TCP transport once connected (ITransport lacks half of what we use)
+
+    def __init__(self, server: CoreServer) -> None:
+        self.server = server
+        self.routes = server.components
+        cfg = server.config
+        self.parser = StreamParser(max_stanza_bytes=cfg.component_listener.max_stanza_size)
+        self.overflow_limit = max(4 * 1024 * 1024, 4 * cfg.component_listener.max_stanza_size)
+        self.stage = HEADER
+        self.stream_id = ""
+        self.domain = ""
+        self.instance = ""
+        self.route: DomainRoute | None = None
+        self.peer = "?"
+        self.close_reason = "connection lost"
+        self._header_sent = False
+        self._closing = False
+        self._timer: Any = None
+        self._backlog: deque[Any] = deque()
+        self._busy = False
+        self._congested = False
+        self._unread = 0  # bytes written since the component stopped reading
+
+    # Connection ------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        log.debug("component connection from %s", self.peer)
+        try:
+            self.transport.setTcpKeepAlive(1)
+        except Exception:  # not every transport is TCP (tests, in-memory)
+            pass
+        self.transport.registerProducer(self, True)
+        timeout = self.server.config.c2s.negotiation_timeout
+        self._timer = self.server.reactor.callLater(timeout, self._negotiation_expired)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        was_linked = self.stage == LINKED
+        self.stage = CLOSED
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._backlog.clear()
+        if was_linked:
+            self.routes.link_down(self, self.close_reason)
+        else:
+            log.info("component connection from %s closed: %s", self.peer, self.close_reason)
+
+    def _negotiation_expired(self) -> None:
+        if self.stage in (HEADER, HANDSHAKE):
+            self.close_with(StreamError("connection-timeout", "no handshake in time"))
+
+    # IPushProducer: the transport tells us when the component stops reading.
+
+    def pauseProducing(self) -> None:
+        self._congested = True
+        self._unread = 0
+
+    def resumeProducing(self) -> None:
+        if self._unread > self.overflow_limit:
+            log.info("component %s instance %s reads again", self.domain, self.instance)
+        self._congested = False
+        self._unread = 0
+
+    def stopProducing(self) -> None:
+        self._congested = True
+
+    # Input -----------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.stage == CLOSED or self._closing:
+            return
+        try:
+            events = self.parser.feed(data)
+        except StreamError as e:
+            self.close_with(e)
+            return
+        for ev in events:
+            if self._busy:
+                self._backlog.append(ev)
+                if len(self._backlog) > BACKLOG_PAUSE:
+                    self.transport.pauseProducing()
+                continue
+            self._handle_event(ev)
+            if self._closing or self.stage == CLOSED:
+                return
+
+    def _handle_event(self, ev: Any) -> None:
+        try:
+            if isinstance(ev, StreamOpen):
+                self._stream_open(ev)
+            elif isinstance(ev, StreamClose):
+                self.close_reason = "closed by the component"
+                self._close()
+            elif self.stage == LINKED:
+                pending = self._stanza(ev)
+                if pending is not None:
+                    self._run_async(pending)
+            elif self.stage == HANDSHAKE:
+                self._handshake(ev)
+            else:
+                raise StreamError("not-well-formed", "element before the stream header")
+        except StreamError as e:
+            self.close_with(e)
+        except Exception:
+            log.exception("component %s: unexpected failure", self.domain or self.peer)
+            if isinstance(ev, etree._Element) and self.stage == LINKED:
+                reply = error_reply(_client(ev), StanzaError("internal-server-error"))
+                if reply is not None:
+                    reply.attrib.pop("from", None)
+                    self.deliver(reply)
+
+    def _run_async(self, awaitable: Awaitable[Any]) -> None:
+        # RFC 6120 §10.1: the link's stanzas take effect in the order they were sent.
+        self._busy = True
+
+        async def run() -> None:
+            try:
+                await awaitable
+            except StreamError as e:
+                self.close_with(e)
+            except Exception:
+                log.exception("component %s: unexpected failure", self.domain)
+            finally:
+                self._busy = False
+                self._drain()
+
+        self.server.spawn(run())
+
+    def _drain(self) -> None:
+        while self._backlog and not self._busy and not self._closing and self.stage != CLOSED:
+            self._handle_event(self._backlog.popleft())
+        if not self._backlog and self.stage != CLOSED:
+            try:
+                self.transport.resumeProducing()
+            except Exception:
+                pass
+
+    # Stream header and handshake (XEP-0114 §3) -----------------------------------------
+
+    def _stream_open(self, ev: StreamOpen) -> None:
+        if self.stage != HEADER:
+            raise StreamError("not-well-formed", "a second stream header")
+        to = ev.attrs.get("to")
+        domain = None
+        if to:
+            try:
+                domain = prep_domain(to)
+            except JIDError:
+                domain = None
+        route = self.routes.route(domain) if domain else None
+        # RFC 6120 §4.9.1.2: a header is sent even when the error is in the peer's header.
+        self._send_header(route.domain if route is not None else None)
+        if ev.tag != QN_STREAM:
+            if ev.tag.endswith("}stream") or ev.tag == "stream":
+                raise StreamError(
+                    "invalid-namespace", "the stream element must be in " + NS_STREAMS
+                )
+            raise StreamError("invalid-xml", "the root element must be <stream:stream/>")
+        if ev.nsmap.get(None) != NS_COMPONENT:
+            raise StreamError("invalid-namespace", "the content namespace must be " + NS_COMPONENT)
+        if not to:
+            raise StreamError("improper-addressing", "name the component domain in 'to'")
+        if route is None:
+            raise StreamError("host-unknown", "no component is configured for this domain")
+        self.route = route
+        self.domain = route.domain
+        self.instance = self._instance_of(ev.attrs.get("from"))
+        self.stage = HANDSHAKE
+
+    def _instance_of(self, frm: str | None) -> str:
+        if frm:
+            try:
+                jid = parse_jid(frm)
+            except JIDError:
+                jid = None
+            if jid is not None and jid.domain == self.domain and jid.local is None and jid.resource:
+                return jid.resource
+        return prep_resource(new_id())
+
+    def _send_header(self, domain: str | None) -> None:
+        self._header_sent = True
+        self.stream_id = new_id()
+        frm = f" from='{domain}'" if domain else ""
+        self.transport.write(
+            f"<?xml version='1.0'?><stream:stream xmlns:stream='{NS_STREAMS}' "
+            f"xmlns='{NS_COMPONENT}'{frm} id='{self.stream_id}'>".encode()
+        )
+
+    def _handshake(self, el: Element) -> None:
+        if el.tag != QN_HANDSHAKE:
+            raise StreamError("not-authorized", "send the handshake first")
+        route = self.route
+        assert route is not None
+        if not handshake_valid(self.stream_id, route.secret, el.text or ""):
+            # Never log the secret or the digest.
+            log.warning("component %s: wrong handshake from %s", self.domain, self.peer)
+            raise StreamError("not-authorized", "wrong handshake")
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self.stage = LINKED
+        self.transport.write(b"<handshake/>")
+        self.routes.link_up(self)
+
+    # Stanzas from the component --------------------------------------------------------
+
+    def _stanza(self, el: Element) -> Awaitable[Any] | None:
+        el = _client(el)
+        tag = el.tag
+        if tag not in (QN_MESSAGE, QN_PRESENCE, QN_IQ):
+            raise StreamError("unsupported-stanza-type", "only message, presence and iq")
+        frm = el.get("from")
+        if frm is None:
+            sender = JID(None, self.domain, None)
+        else:
+            try:
+                sender = parse_jid(frm)
+            except JIDError:
+                raise StreamError("invalid-from", "the 'from' address is malformed") from None
+            if sender.domain != self.domain:
+                raise StreamError("invalid-from", f"'from' must be at {self.domain}")
+        el.set("from", str(sender))
+        to_attr = el.get("to")
+        if to_attr is None:
+            raise StreamError("improper-addressing", "stanzas from a component need a 'to'")
+        try:
+            to = parse_jid(to_attr)
+        except JIDError:
+            self._refuse(el, StanzaError("jid-malformed"))
+            return None
+        if tag == QN_IQ:
+            itype = el.get("type")
+            if itype not in ("get", "set", "result", "error") or el.get("id") is None:
+                self._refuse(el, StanzaError("bad-request", "an IQ needs an id and a valid type"))
+                return None
+            if itype in ("get", "set") and self.route is not None:
+                self.route.remember_iq(el, self.instance)
+        return self.server.router.route(el, sender, to, self)
+
+    def _refuse(self, el: Element, error: StanzaError) -> None:
+        reply = error_reply(el, error)
+        if reply is not None:
+            reply.attrib.pop("from", None)  # from the server itself
+            self.deliver(reply)
+
+    # Output (core.component_routes.Link) -----------------------------------------------
+
+    def deliver(self, stanza: Element) -> None:
+        """Send a stanza to the component, or bounce it when the component stopped reading
+        for longer than the overflow limit allows."""
+        if self.stage != LINKED or self._closing:
+            self.routes.bounce(stanza, StanzaError("remote-server-timeout"))
+            return
+        data = serialize(stanza, NS_COMPONENT)
+        if self._congested:
+            if self._unread + len(data) > self.overflow_limit:
+                if self._unread <= self.overflow_limit:
+                    log.warning(
+                        "component %s instance %s does not read: refusing stanzas",
+                        self.domain,
+                        self.instance,
+                    )
+                    self._unread = self.overflow_limit + 1
+                self.routes.bounce(stanza, StanzaError("resource-constraint"))
+                return
+            self._unread += len(data)
+        self.transport.write(data)
+
+    def close_with(self, error: StreamError) -> None:
+        """Send a stream error and close the stream (RFC 6120 §4.9.1.1)."""
+        if self._closing or self.stage == CLOSED:
+            return
+        if not self._header_sent:
+            self._send_header(None)
+        log.info(
+            "component %s from %s: stream error %s%s",
+            self.domain or "?",
+            self.peer,
+            error.condition,
+            f" ({error.text})" if error.text else "",
+        )
+        self.close_reason = f"stream error {error.condition}"
+        self.transport.write(error.to_bytes())
+        self._close()
+
+    def _close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        was_linked = self.stage == LINKED
+        self.transport.write(STREAM_CLOSE)
+        # A registered producer keeps a paused transport from ever closing (Twisted's
+        # FileDescriptor.loseConnection waits for it), so let go of it first.
+        try:
+            self.transport.unregisterProducer()
+        except Exception:
+            pass
+        self.transport.loseConnection()
+        if was_linked:
+            # Off the routes at once: stanzas from now on get the down answer, not a
+            # closing transport.
+            self.routes.link_down(self, self.close_reason)
+
+
+def _client(el: Element) -> Element:
+    """The stanza in the client namespace used inside the core. COMPAT: stanzas already in
+    jabber:client (slixmpp's ``use_jc_ns``) pass as they are."""
+    if isinstance(el.tag, str) and el.tag.startswith(_COMPONENT_PREFIX):
+        return to_client_ns(el, NS_COMPONENT)
+    return el
+
+
+class ComponentFactory(protocol.Factory):
+    """Builds a ComponentStream per connection on the component port."""
+
+    noisy = False
+
+    def __init__(self, server: CoreServer) -> None:
+        self.server = server
+
+    def buildProtocol(self, addr: Any) -> ComponentStream:
+        return ComponentStream(self.server)

@@ -1,0 +1,364 @@
+"""Presence (RFC 6121 §4): broadcast, probes, directed presence and unavailable on logout.
+
+``PresenceService`` is ``server.presence``; the router hands it presence a client sends
+(``outbound``) and presence addressed to a local account (``inbound``). Subscription stanzas go
+to core/modules/subscription.py. A contact on another domain is reached through
+``router.route``, like a local one; the remote-domain route delivers it.
+
+What a session announced is kept on the session (``available``, ``priority``, ``presence``);
+directed presence recipients (§4.6) are in ``session.data["directed"]``; the last unavailable
+presence of an account and its time are in Redis (storage/last.py) for probes and XEP-0012.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from lxml import etree
+
+from core.modules import subscription
+from core.modules.subscription import SUBSCRIPTION_TYPES, route
+from core.storage.last import LastActivityStore
+from core.xmpp.errors import StanzaError
+from core.xmpp.jid import JID, parse_jid
+from core.xmpp.module import Module
+from core.xmpp.ns import NS_CLIENT, NS_DELAY, QN_DELAY, qn
+from core.xmpp.stanza import PRESENCE_TYPES, error_reply, make
+
+if TYPE_CHECKING:
+    from core.server import CoreServer
+
+log = logging.getLogger(__name__)
+Element = etree._Element
+
+QN_PRIORITY = qn(NS_CLIENT, "priority")
+QN_SHOW = qn(NS_CLIENT, "show")
+SHOW_VALUES = frozenset({"away", "chat", "dnd", "xa"})  # §4.7.2.1
+SUBSCRIBED_FROM = ("from", "both")  # the contact receives the account's presence
+SUBSCRIBED_TO = ("to", "both")  # the account receives the contact's presence
+
+module = Module("presence", spec="RFC 6121 §4")
+
+
+def delay_element(when: float, domain: str, text: str | None = None) -> Element:
+    """A XEP-0203 delay stamp for ``when`` (seconds since the epoch), by ``domain``."""
+    el = etree.Element(QN_DELAY, nsmap={None: NS_DELAY})
+    el.set("from", domain)
+    stamp = datetime.fromtimestamp(when, UTC)
+    el.set("stamp", stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z")
+    if text:
+        el.text = text
+    return el
+
+
+def parse_priority(stanza: Element) -> int:
+    """The priority of an available presence: an integer from -128 to 127 (§4.7.2.3),
+    0 when absent; anything else is a bad request."""
+    el = stanza.find(QN_PRIORITY)
+    if el is None:
+        return 0
+    text = (el.text or "").strip()
+    try:
+        value = int(text)
+    except ValueError:
+        raise StanzaError("bad-request", "the priority must be an integer") from None
+    if not -128 <= value <= 127:
+        raise StanzaError("bad-request", "the priority must be between -128 and 127")
+    return value
+
+
+def _addressed(stanza: Element, to: str, frm: str | None = None) -> Element:
+    out = copy.deepcopy(stanza)
+    out.set("to", to)
+    if frm is not None:
+        out.set("from", frm)
+    return out
+
+
+class PresenceService:
+    """Presence processing for one node's accounts."""
+
+    def __init__(self, server: CoreServer) -> None:
+        self.server = server
+        self.last = LastActivityStore(server.redis)
+
+    # From the account's own sessions (§4.2, §4.4, §4.5, §4.6) -------------------------
+
+    def outbound(self, stanza: Element, session: Any, to: JID | None) -> Awaitable[None] | None:
+        """Presence a client session sends, with or without 'to'."""
+        ptype = stanza.get("type")
+        try:
+            if ptype is not None and ptype not in PRESENCE_TYPES:
+                raise StanzaError("bad-request", f"unknown presence type {ptype!r}")
+            if to is None:
+                if ptype is None:
+                    # §4.7.2: checked before anything of it is used.
+                    prio = parse_priority(stanza)
+                    show = stanza.findtext(QN_SHOW)
+                    if show is not None and show not in SHOW_VALUES:
+                        raise StanzaError("bad-request", f"unknown show value {show!r}")
+                    return self._guarded(self._available(stanza, session, prio), stanza, session)
+                if ptype == "unavailable":
+                    return self._guarded(self._unavailable(stanza, session), stanza, session)
+                if ptype == "error":
+                    return None
+                raise StanzaError("bad-request", f"a presence of type {ptype} needs a 'to'")
+            own = to.local == session.jid.local and to.domain == session.jid.domain
+            if ptype in SUBSCRIPTION_TYPES:
+                if own:
+                    raise StanzaError("bad-request", "an account is not its own contact")
+                return self._guarded(
+                    subscription.outbound(self.server, stanza, session.jid, to), stanza, session
+                )
+            if ptype == "probe":
+                if own:
+                    self._own_resources_to(session)
+                    return None
+                # Answered to the bare JID, as a server-generated probe would be (§4.3.1).
+                probe = make("presence", type="probe", frm=session.bare, to=str(to.bare))
+                return self._guarded(
+                    route(self.server, probe, session.jid.bare, to.bare), stanza, session
+                )
+        except StanzaError as e:
+            self._refuse(stanza, session, e)
+            return None
+        # Directed presence (§4.6): routed as it is, its recipient remembered.
+        if ptype in (None, "unavailable") and not own:
+            self._track_directed(session, to, ptype is None)
+        return self.server.router.route(stanza, session.jid, to)
+
+    def _refuse(self, stanza: Element, session: Any, error: StanzaError) -> None:
+        reply = error_reply(stanza, error)
+        if reply is not None:
+            reply.set("to", session.full)
+            session.send(reply)
+
+    async def _guarded(self, work: Awaitable[None], stanza: Element, session: Any) -> None:
+        """Run the processing of a client's presence; what goes wrong is answered to it."""
+        try:
+            await work
+        except StanzaError as e:
+            self._refuse(stanza, session, e)
+        except Exception:
+            log.exception("presence from %s failed", session.full)
+            self._refuse(stanza, session, StanzaError("internal-server-error"))
+
+    async def _available(self, stanza: Element, session: Any, priority: int) -> None:
+        initial = not session.available
+        session.available = True
+        session.priority = priority
+        kept = copy.deepcopy(stanza)
+        kept.attrib.pop("to", None)
+        session.presence = kept
+        bare = session.bare
+        roster = await self.server.rosters.get(bare)
+        # §4.2.2, §4.4.2: to every contact with a subscription to the account, and to every
+        # available resource of the account, the sending one included.
+        for item in list(roster.items.values()):
+            if item.subscription in SUBSCRIBED_FROM:
+                await self._route_to(kept, session.jid, item.jid)
+        for other in self.server.router.available_sessions(bare):
+            other.send(_addressed(kept, other.full))
+        if not initial:
+            await self.server.dispatcher.emit("presence-updated", session)
+            return
+        # §4.2.2: the account learns its other resources' presence...
+        for other in self.server.router.available_sessions(bare):
+            if other is not session and other.presence is not None:
+                session.send(_addressed(other.presence, session.full, other.full))
+        # ...and its contacts' presence, through a probe from the bare JID (§4.3.1).
+        for item in list(roster.items.values()):
+            if item.subscription in SUBSCRIBED_TO:
+                probe = make("presence", type="probe", frm=bare, to=item.jid)
+                await self._route_to(probe, parse_jid(bare), item.jid)
+        # §3.1.3: subscription requests not yet answered are delivered at each login.
+        for raw in list(roster.pending.values()):
+            try:
+                request = etree.fromstring(raw)
+            except etree.XMLSyntaxError:
+                log.warning("unreadable pending subscription request for %s", bare)
+                continue
+            session.send(request)
+        await self.server.dispatcher.emit("initial-presence", session)
+
+    async def _unavailable(self, stanza: Element, session: Any) -> None:
+        kept = copy.deepcopy(stanza)
+        kept.attrib.pop("to", None)
+        was_available = session.available
+        session.available = False
+        session.presence = None
+        await self._gone(session, kept, was_available)
+        await self.record_last(session.bare, kept)
+
+    async def _gone(self, session: Any, stanza: Element, was_available: bool) -> None:
+        """§4.5.2: unavailable presence to the contacts, the account's resources and the
+        directed presence recipients (§4.6.3) of a session that is no longer available."""
+        bare = session.bare
+        directed: dict[str, JID] = session.data.pop("directed", {})
+        sent: set[str] = set()
+        if was_available:
+            roster = await self.server.rosters.get(bare)
+            for item in list(roster.items.values()):
+                if item.subscription in SUBSCRIBED_FROM:
+                    sent.add(item.jid)
+                    await self._route_to(stanza, session.jid, item.jid)
+            for other in self.server.router.available_sessions(bare):
+                other.send(_addressed(stanza, other.full))
+            if self.server.router.session(session.jid) is session:
+                session.send(_addressed(stanza, session.full))
+        for full, jid in directed.items():
+            if full not in sent:
+                await route(self.server, _addressed(stanza, full), session.jid, jid)
+
+    def _track_directed(self, session: Any, to: JID, available: bool) -> None:
+        """§4.6.2: remember who got directed available presence without a subscription, so
+        that they hear when the session goes away."""
+        directed: dict[str, JID] = session.data.setdefault("directed", {})
+        key = str(to)
+        if not available:
+            directed.pop(key, None)
+            return
+        roster = self.server.rosters.cached(session.bare)
+        item = roster.items.get(str(to.bare)) if roster is not None else None
+        if item is None or item.subscription not in SUBSCRIBED_FROM:
+            directed[key] = to
+
+    def _own_resources_to(self, session: Any) -> None:
+        for other in self.server.router.available_sessions(session.bare):
+            if other.presence is not None:
+                session.send(_addressed(other.presence, session.full, other.full))
+
+    async def _route_to(self, stanza: Element, sender: JID, to: str) -> None:
+        try:
+            target = parse_jid(to)
+        except ValueError:
+            return
+        await route(self.server, _addressed(stanza, to), sender, target)
+
+    async def session_closed(self, session: Any) -> None:
+        """§4.6.3, RFC 6120 §4.4: a session that ends without saying so goes unavailable."""
+        replacement = self.server.router.session(session.jid)
+        if replacement is not None and replacement.available:
+            # The full JID lives on in a new session that announced itself; an unavailable
+            # from the old one would contradict it.
+            session.data.pop("directed", None)
+            return
+        if not session.available and not session.data.get("directed"):
+            return
+        was_available = session.available
+        session.available = False
+        gone = make("presence", type="unavailable", frm=session.full)
+        session.presence = None
+        await self._gone(session, gone, was_available)
+        if was_available:
+            await self.record_last(session.bare, gone)
+
+    async def record_last(self, bare: str, stanza: Element) -> None:
+        """XEP-0012, §4.3.2: when the account went unavailable, and how."""
+        await self.last.record(bare, time.time(), etree.tostring(stanza))
+
+    # Addressed to a local account (§4.3, §8.5.2.1.2, §8.5.3) ---------------------------
+
+    def inbound(self, stanza: Element, sender: JID, to: JID) -> Awaitable[None] | None:
+        """Presence from anyone to a local account's bare JID, or a subscription stanza or
+        probe to one of its full JIDs (those concern the account, §3.1.3, §4.3.2)."""
+        ptype = stanza.get("type")
+        if ptype in (None, "unavailable", "error"):
+            if to.resource is None:
+                # §8.5.2.1.2: to every available resource; nobody available: ignored.
+                self.deliver_to_available(f"{to.local}@{to.domain}", stanza)
+            return None
+        if ptype in SUBSCRIPTION_TYPES:
+            return self._inbound_guarded(
+                self._inbound_subscription(stanza, sender, to.bare), stanza
+            )
+        if ptype == "probe":
+            return self._inbound_guarded(self._probe(sender, to.bare), stanza)
+        return None
+
+    async def _inbound_guarded(self, work: Awaitable[None], stanza: Element) -> None:
+        try:
+            await work
+        except Exception:
+            log.exception("presence to %s failed", stanza.get("to"))
+            self.server.router.deliver_error(stanza, StanzaError("internal-server-error"))
+
+    def deliver_to_available(self, bare: str, stanza: Element) -> None:
+        for s in self.server.router.available_sessions(bare):
+            s.send(stanza)
+
+    async def _inbound_subscription(self, stanza: Element, sender: JID, to: JID) -> None:
+        if sender.local == to.local and sender.domain == to.domain:
+            return
+        # §8.5.1: presence to an account that does not exist is ignored.
+        if not await self.server.account_exists(to):
+            return
+        await subscription.inbound(self.server, stanza, sender.bare, to)
+
+    async def _probe(self, sender: JID, to: JID) -> None:
+        """§4.3.2: answer a probe with the presence of each available resource, or with the
+        last unavailable presence, but only to those allowed to see it."""
+        bare = str(to)
+        if not await self.server.account_exists(to):
+            return  # §8.5.1: ignored
+        if sender.bare != to:
+            roster = await self.server.rosters.get(bare)
+            item = roster.items.get(str(sender.bare))
+            if item is None or item.subscription not in SUBSCRIBED_FROM:
+                # Not authorised: nothing is revealed; 'unsubscribed' lets the prober's server
+                # correct a subscription it wrongly believes in.
+                await route(
+                    self.server,
+                    make("presence", type="unsubscribed", frm=bare, to=str(sender.bare)),
+                    to,
+                    sender.bare,
+                )
+                return
+        available = self.server.router.available_sessions(bare)
+        for s in available:
+            if s.presence is not None:
+                await route(self.server, _addressed(s.presence, str(sender), s.full), s.jid, sender)
+        if available:
+            return
+        last = await self.last.get(bare)
+        if last is None or not last.presence:
+            return
+        try:
+            gone = etree.fromstring(last.presence)
+        except etree.XMLSyntaxError:
+            return
+        gone.set("to", str(sender))
+        gone.append(delay_element(last.time, self.server.domain))
+        frm = gone.get("from") or bare
+        await route(self.server, gone, parse_jid(frm), sender)
+
+    # For subscriptions (§3.1.5, §3.2.2, §3.3.3) ---------------------------------------
+
+    async def send_current(self, bare: str, contact: JID) -> None:
+        """The current presence of each available resource of ``bare``, to ``contact``."""
+        for s in self.server.router.available_sessions(bare):
+            if s.presence is not None:
+                await route(self.server, _addressed(s.presence, str(contact)), s.jid, contact)
+
+    async def send_unavailable(self, bare: str, contact: JID) -> None:
+        """Unavailable presence from each available resource of ``bare``, to ``contact``."""
+        for s in self.server.router.available_sessions(bare):
+            gone = make("presence", type="unavailable", frm=s.full, to=str(contact))
+            await route(self.server, gone, s.jid, contact)
+
+
+@module.on("server-started")
+async def started(server: CoreServer) -> None:
+    server.presence = PresenceService(server)
+
+
+@module.on("session-closed")
+async def session_closed(session: Any) -> None:
+    presence = session.server.presence
+    if presence is not None:
+        await presence.session_closed(session)

@@ -1,0 +1,220 @@
+"""What incoming and outgoing server-to-server streams share (RFC 6120 §4).
+
+Parsing with one StreamParser per direction, the ``jabber:server`` stream header with the
+dialback namespace declared (XEP-0220 §2.4.1), output, stream errors and closing, and timers on
+the injected reactor.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from lxml import etree
+from twisted.internet import protocol
+from twisted.python.failure import Failure
+
+from core.xmpp.errors import StreamError
+from core.xmpp.ns import NS_DIALBACK, NS_SERVER, NS_STREAMS, QN_STREAM, QN_STREAM_ERROR
+from core.xmpp.parser import StreamClose, StreamOpen, StreamParser
+from core.xmpp.stanza import serialize
+
+if TYPE_CHECKING:
+    from core.s2s.service import S2SService
+
+log = logging.getLogger(__name__)
+Element = etree._Element
+
+STREAM_CLOSE = b"</stream:stream>"
+
+
+def header_bytes(frm: str | None, to: str | None, stream_id: str | None) -> bytes:
+    """A jabber:server stream header that declares the dialback namespace."""
+    attrs = ""
+    if frm:
+        attrs += f" from='{xml_attr(frm)}'"
+    if to:
+        attrs += f" to='{xml_attr(to)}'"
+    if stream_id:
+        attrs += f" id='{stream_id}'"
+    return (
+        f"<?xml version='1.0'?><stream:stream xmlns='{NS_SERVER}' xmlns:db='{NS_DIALBACK}' "
+        f"xmlns:stream='{NS_STREAMS}'{attrs} version='1.0' xml:lang='en'>"
+    ).encode()
+
+
+def xml_attr(s: str) -> str:
+    return (
+        s.replace("&", "&amp;").replace("<", "&lt;").replace("'", "&apos;").replace('"', "&quot;")
+    )
+
+
+def check_header(ev: StreamOpen) -> None:
+    """RFC 6120 §4.8, §4.7.5: the stream namespace and prefix, jabber:server, version 1.x."""
+    if ev.tag != QN_STREAM:
+        if ev.tag.endswith("}stream") or ev.tag == "stream":
+            raise StreamError("invalid-namespace", "the stream element must be in " + NS_STREAMS)
+        raise StreamError("invalid-xml", "the root element must be <stream:stream/>")
+    if ev.prefix is None:
+        raise StreamError("bad-namespace-prefix", "the stream element needs a namespace prefix")
+    if ev.nsmap.get(None) != NS_SERVER:
+        raise StreamError("invalid-namespace", "the content namespace must be jabber:server")
+    # §4.7.5: no version means 0.9, which has neither TLS nor stream features.
+    major = ev.attrs.get("version", "0.9").split(".", 1)[0]
+    if not major.isdigit() or int(major) != 1:
+        raise StreamError("unsupported-version", "this server speaks XMPP 1.0")
+
+
+def stream_error_text(el: Element) -> str:
+    """``condition (text)`` of a received ``<stream:error/>``, for logs."""
+    condition, text = "undefined-condition", ""
+    for c in el:
+        if not isinstance(c.tag, str):
+            continue
+        local = etree.QName(c).localname
+        if local == "text":
+            text = c.text or ""
+        else:
+            condition = local
+    return f"{condition} ({text})" if text else condition
+
+
+class S2SStream(protocol.Protocol):
+    """The shared part of an s2s stream; subclasses handle the events."""
+
+    direction = "?"
+
+    def __init__(self, service: S2SService) -> None:
+        self.service = service
+        self.parser = StreamParser(max_stanza_bytes=service.config.max_stanza_size)
+        self.tls_active = False
+        self.peer = "?"
+        self.closed = False
+        self._closing = False
+        self._header_sent = False
+        self._active = True
+        self._timers: list[Any] = []
+        self.close_reason = "connection lost"
+
+    # Connection ------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        addr = self.transport.getPeer()
+        self.peer = f"{getattr(addr, 'host', '?')}:{getattr(addr, 'port', '?')}"
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.closed = True
+        for t in self._timers:
+            if t.active():
+                t.cancel()
+        self._timers.clear()
+        self.stream_lost()
+
+    def stream_lost(self) -> None:
+        """Called once when the connection is gone."""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed or self._closing:
+            return
+        self._active = True
+        try:
+            events = self.parser.feed(data)
+        except StreamError as e:
+            self.close_with(e)
+            return
+        for ev in events:
+            if self._closing or self.closed:
+                return
+            try:
+                if isinstance(ev, StreamOpen):
+                    self.stream_opened(ev)
+                elif isinstance(ev, StreamClose):
+                    self.close_reason = "closed by the peer"
+                    self.close()
+                elif ev.tag == QN_STREAM_ERROR:
+                    self.close_reason = f"stream error from the peer: {stream_error_text(ev)}"
+                    self.peer_stream_error(ev)
+                    self.close()
+                else:
+                    self.element(ev)
+            except StreamError as e:
+                self.close_with(e)
+            except Exception:
+                log.exception("s2s %s %s: unexpected failure", self.direction, self.peer)
+                self.close_with(StreamError("internal-server-error"))
+
+    def stream_opened(self, ev: StreamOpen) -> None:
+        raise NotImplementedError
+
+    def element(self, el: Element) -> None:
+        raise NotImplementedError
+
+    def peer_stream_error(self, el: Element) -> None:
+        """A ``<stream:error/>`` arrived; the stream closes after this returns."""
+
+    # Output ----------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and not self._closing:
+            self.transport.write(data)
+
+    def send_element(self, el: Element) -> None:
+        self.write(etree.tostring(el, encoding="utf-8", xml_declaration=False, with_tail=False))
+
+    def send_stanza(self, stanza: Element) -> None:
+        """A stanza from inside the server (jabber:client) onto this jabber:server stream."""
+        self.write(serialize(stanza, NS_SERVER))
+
+    def send_header(self, frm: str | None, to: str | None, stream_id: str | None) -> None:
+        self._header_sent = True
+        self.write(header_bytes(frm, to, stream_id))
+
+    def close_with(self, error: StreamError) -> None:
+        """Send a stream error and close (RFC 6120 §4.9.1.1)."""
+        if self._closing or self.closed:
+            return
+        if not self._header_sent:
+            # §4.9.1.2: a header first, even when the error is in the peer's header.
+            self.send_header(self.service.server.domain, None, None)
+        log.info(
+            "s2s %s %s stream error %s%s",
+            self.direction,
+            self.peer,
+            error.condition,
+            f" ({error.text})" if error.text else "",
+        )
+        self.close_reason = f"stream error {error.condition}"
+        self.write(error.to_bytes())
+        self.close()
+
+    def close(self) -> None:
+        """Close the stream and the connection (RFC 6120 §4.4)."""
+        if self._closing or self.closed:
+            return
+        self.transport.write(STREAM_CLOSE)
+        self._closing = True
+        self.transport.loseConnection()
+
+    # Timers ----------------------------------------------------------------------------
+
+    def call_later(self, delay: float, fn: Any, *args: Any) -> Any:
+        self._timers = [t for t in self._timers if t.active()]
+        call = self.service.reactor.callLater(delay, fn, *args)
+        self._timers.append(call)
+        return call
+
+    def start_idle_check(self, interval: float) -> None:
+        """Close the stream after ``interval`` seconds without traffic (whitespace counts)."""
+        if interval > 0:
+            self.call_later(interval, self._idle_check, interval)
+
+    def _idle_check(self, interval: float) -> None:
+        if self.closed or self._closing:
+            return
+        if self._active:
+            self._active = False
+            self.call_later(interval, self._idle_check, interval)
+            return
+        self.close_reason = "idle"
+        log.info("s2s %s %s closing: idle for %gs", self.direction, self.peer, interval)
+        self.close()

@@ -1,0 +1,442 @@
+"""End to end: real slixmpp clients (XEP-0045 plugin) against a real core and a real
+``switchboard muc`` process, with Redis. One core and one MUC instance serve the module;
+each test uses rooms of its own.
+
+``MucProcess`` and the fixtures here are also used by test_muc_failover.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+from tests.harness import ROOT, CoreProcess, separate_db, slix_client
+
+SERVICE = "conference.localhost"
+PASSWORD = "correct horse"
+MUC_ENV = {
+    "SWITCHBOARD_COMPONENTS_MUC_DOMAIN": SERVICE,
+    "SWITCHBOARD_COMPONENTS_MUC_SECRET": "muc-secret",
+    "SWITCHBOARD_COMPONENTS_MUC_INSTANCES": "shard",
+}
+USERS = ("alice", "bob", "carol", "dave")
+PLUGINS = ("xep_0030", "xep_0045", "xep_0199", "xep_0004")
+MUC_USER = "{http://jabber.org/protocol/muc#user}"
+
+
+class MucProcess:
+    """One ``switchboard muc`` instance, a process of its own."""
+
+    def __init__(self, core: CoreProcess, instance: str, env: dict[str, str] | None = None):
+        self.core = core
+        self.instance = instance
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = core.workdir / f"muc-{instance}.log"
+
+    def start(self) -> MucProcess:
+        env = self.core.env()
+        env.update(self.extra_env)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "core.cli", "muc", "--instance", self.instance],
+                cwd=self.core.workdir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+async def wait_instances(core: CoreProcess, instances: set[str], timeout: float = 15) -> None:
+    """Wait until the core's link records for the MUC domain name exactly ``instances``."""
+    from core.storage import keys
+
+    client = redis.asyncio.Redis.from_url(core.redis_url)
+    got: set[str] = set()
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                got = {k.decode() for k in await client.hkeys(keys.component_links(SERVICE))}
+                if got == instances:
+                    return
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"MUC links: {got}, expected {instances}") from None
+    finally:
+        await client.aclose()
+
+
+def muc_core(redis_server: str, workdir: Path, users: tuple[str, ...]) -> CoreProcess:
+    core = CoreProcess(separate_db(redis_server), workdir, env=MUC_ENV).start()
+    for user in users:
+        core.add_user(user, PASSWORD)
+    return core
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoreProcess]:
+    """A core with [components.muc] and one MUC instance linked to it."""
+    core = muc_core(redis_server, Path(tmp_path_factory.mktemp("muc")), USERS)
+    muc = MucProcess(core, "m1").start()
+    try:
+        asyncio.run(wait_instances(core, {"m1"}))
+        yield core
+    finally:
+        muc.stop()
+        core.stop()
+
+
+@contextlib.asynccontextmanager
+async def clients(core: CoreProcess, *users: str) -> AsyncIterator[list[Any]]:
+    """Connected slixmpp clients with the MUC plugin, one per user."""
+    async with contextlib.AsyncExitStack() as stack:
+        out = []
+        for user in users:
+            out.append(
+                await stack.enter_async_context(
+                    slix_client(core.c2s_port, f"{user}@localhost", PASSWORD, plugins=PLUGINS)
+                )
+            )
+        yield out
+
+
+async def next_where(
+    queue: asyncio.Queue[Any], pred: Callable[[Any], bool], timeout: float = 5.0
+) -> Any:
+    """The next item of ``queue`` that satisfies ``pred`` (earlier ones are dropped)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            item = await queue.get()
+            if pred(item):
+                return item
+
+
+def codes(presence: Any) -> set[int]:
+    return set(presence["muc"]["status_codes"])
+
+
+async def create_room(client: Any, room: str, nick: str, **config: Any) -> None:
+    """Create ``room`` as an instant room (§10.1.2), then apply ``config`` if any."""
+    muc = client.plugin["xep_0045"]
+    pres, _, _, _ = await muc.join_muc_wait(room, nick, maxstanzas=0, timeout=5)
+    assert 201 in codes(pres), pres
+    empty = client.plugin["xep_0004"].make_form(ftype="submit")
+    await muc.set_room_config(room, empty, timeout=5)
+    if config:
+        form = await muc.get_room_config(room, timeout=5)
+        submit = client.plugin["xep_0004"].make_form(ftype="submit")
+        submit.add_field(
+            var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/muc#roomconfig"
+        )
+        for var, value in config.items():
+            assert var in form["fields"], var
+            submit.add_field(var=var, value=value)
+        await muc.set_room_config(room, submit, timeout=5)
+
+
+async def groupchat_from(client: Any, room: str, body: str, timeout: float = 5.0) -> Any:
+    return await next_where(
+        client.inbox,
+        lambda m: m["type"] == "groupchat" and m["from"].bare == room and m["body"] == body,
+        timeout,
+    )
+
+
+def test_create_join_talk_and_leave(stack: CoreProcess) -> None:
+    """Create an instant room, join, fan-out from occupant JIDs, subject, nick change,
+    private message and leaving, all with slixmpp's XEP-0045 plugin."""
+    room = f"cave@{SERVICE}"
+
+    async def run() -> None:
+        async with clients(stack, "alice", "bob") as (alice, bob):
+            await create_room(alice, room, "Alice")
+            amuc, bmuc = alice.plugin["xep_0045"], bob.plugin["xep_0045"]
+            pres, subject, occupants, history = await bmuc.join_muc_wait(room, "Bob", timeout=5)
+            assert 110 in codes(pres) and pres["muc"]["role"] == "participant"
+            # §7.2.16: an empty subject is still sent, last.
+            assert subject.xml.find("{jabber:client}subject") is not None
+            assert not subject["subject"] and history == []
+            assert [p["from"].resource for p in occupants] == ["Alice", "Bob"]
+            joined = await next_where(
+                alice.presences, lambda p: p["from"] == f"{room}/Bob" and p["type"] != "error"
+            )
+            # Alice moderates a semi-anonymous room: she sees Bob's real JID.
+            assert joined["muc"]["jid"].bare == "bob@localhost"
+
+            alice.send_message(mto=room, mbody="Thrice the brinded cat hath mew'd.", mtype="groupchat")
+            for client in (alice, bob):
+                msg = await groupchat_from(client, room, "Thrice the brinded cat hath mew'd.")
+                assert msg["from"] == f"{room}/Alice"
+
+            amuc.set_subject(room, "Fire Burn and Cauldron Bubble!")
+            changed = await next_where(bob.inbox, lambda m: m["subject"] != "")
+            assert (changed["from"], changed["subject"]) == (
+                f"{room}/Alice",
+                "Fire Burn and Cauldron Bubble!",
+            )
+
+            new_nick = await bmuc.set_self_nick(room, "Robert", timeout=5)
+            assert new_nick == "Robert"
+            gone = await next_where(
+                alice.presences, lambda p: p["from"] == f"{room}/Bob" and 303 in codes(p)
+            )
+            assert gone["muc"]["nick"] == "Robert"
+            await next_where(alice.presences, lambda p: p["from"] == f"{room}/Robert")
+
+            alice.send_message(mto=f"{room}/Robert", mbody="psst", mtype="chat")
+            pm = await next_where(bob.inbox, lambda m: m["body"] == "psst")
+            assert pm["from"] == f"{room}/Alice" and pm["type"] == "chat"
+
+            bmuc.leave_muc(room, "Robert", msg="gone where the goblins go")
+            left = await next_where(
+                alice.presences,
+                lambda p: p["from"] == f"{room}/Robert" and p["type"] == "unavailable",
+            )
+            assert left["status"] == "gone where the goblins go"
+
+    asyncio.run(run())
+
+
+def test_history_is_sent_on_entry(stack: CoreProcess) -> None:
+    """§7.2.15: a newcomer gets the last messages with delay stamps, limited by maxstanzas."""
+    room = f"history@{SERVICE}"
+
+    async def run() -> None:
+        async with clients(stack, "alice", "bob", "carol") as (alice, bob, carol):
+            await create_room(alice, room, "Alice")
+            for i in range(4):
+                alice.send_message(mto=room, mbody=f"line {i}", mtype="groupchat")
+                await groupchat_from(alice, room, f"line {i}")
+            _, _, _, history = await bob.plugin["xep_0045"].join_muc_wait(room, "Bob", timeout=5)
+            assert [m["body"] for m in history] == [f"line {i}" for i in range(4)]
+            assert all(m["delay"]["from"] == room for m in history)
+            _, _, _, history = await carol.plugin["xep_0045"].join_muc_wait(
+                room, "Carol", maxstanzas=2, timeout=5
+            )
+            assert [m["body"] for m in history] == ["line 2", "line 3"]
+
+    asyncio.run(run())
+
+
+def test_entry_refusals(stack: CoreProcess) -> None:
+    """§7.2: nick conflict 409, wrong password 401, members-only 407, ban 403, locked 404."""
+    from slixmpp.exceptions import PresenceError
+
+    room = f"guarded@{SERVICE}"
+
+    async def refused(client: Any, room: str, nick: str, **kw: Any) -> str:
+        with pytest.raises(PresenceError) as err:
+            await client.plugin["xep_0045"].join_muc_wait(room, nick, timeout=5, **kw)
+        return str(err.value.condition)
+
+    async def run() -> None:
+        async with clients(stack, "alice", "bob", "carol") as (alice, bob, carol):
+            amuc = alice.plugin["xep_0045"]
+            # A new room is locked until configured.
+            await amuc.join_muc_wait(f"locked@{SERVICE}", "Alice", timeout=5)
+            assert await refused(bob, f"locked@{SERVICE}", "Bob") == "item-not-found"
+            await create_room(
+                alice,
+                room,
+                "Alice",
+                **{
+                    "muc#roomconfig_passwordprotectedroom": True,
+                    "muc#roomconfig_roomsecret": "cauldronburn",
+                },
+            )
+            assert await refused(bob, room, "Alice", password="cauldronburn") == "conflict"
+            assert await refused(bob, room, "Bob", password="wrong") == "not-authorized"
+            await amuc.set_affiliation(room, "outcast", jid="carol@localhost", timeout=5)
+            assert await refused(carol, room, "Carol", password="cauldronburn") == "forbidden"
+            form = alice.plugin["xep_0004"].make_form(ftype="submit")
+            form.add_field(var="muc#roomconfig_membersonly", value=True)
+            await amuc.set_room_config(room, form, timeout=5)
+            assert await refused(bob, room, "Bob", password="cauldronburn") == (
+                "registration-required"
+            )
+            await amuc.set_affiliation(room, "member", jid="bob@localhost", timeout=5)
+            pres, _, _, _ = await bob.plugin["xep_0045"].join_muc_wait(
+                room, "Bob", password="cauldronburn", timeout=5
+            )
+            assert pres["muc"]["affiliation"] == "member"
+
+    asyncio.run(run())
+
+
+def test_moderation(stack: CoreProcess) -> None:
+    """§8, §9, §10: voice in a moderated room, kick (307), ban (301), and the member, admin
+    and owner lists through muc#admin."""
+    room = f"court@{SERVICE}"
+
+    async def run() -> None:
+        async with clients(stack, "alice", "bob", "carol") as (alice, bob, carol):
+            amuc = alice.plugin["xep_0045"]
+            await create_room(alice, room, "Alice", **{"muc#roomconfig_moderatedroom": True})
+            await bob.plugin["xep_0045"].join_muc_wait(room, "Bob", timeout=5)
+            await carol.plugin["xep_0045"].join_muc_wait(room, "Carol", timeout=5)
+            # Visitors cannot talk until given voice.
+            bob.send_message(mto=room, mbody="hello?", mtype="groupchat")
+            err = await next_where(bob.inbox, lambda m: m["type"] == "error")
+            assert err["error"]["condition"] == "forbidden"
+            await amuc.set_role(room, "Bob", "participant", timeout=5)
+            assert await amuc.get_roles_list(room, "participant", timeout=5) == ["Bob"]
+            bob.send_message(mto=room, mbody="thanks", mtype="groupchat")
+            await groupchat_from(alice, room, "thanks")
+
+            await amuc.set_role(room, "Carol", "none", reason="Avaunt!", timeout=5)
+            kicked = await next_where(carol.presences, lambda p: p["type"] == "unavailable")
+            assert {110, 307} <= codes(kicked)
+            seen = await next_where(
+                bob.presences,
+                lambda p: p["from"] == f"{room}/Carol" and p["type"] == "unavailable",
+            )
+            assert 307 in codes(seen)
+
+            await amuc.set_affiliation(room, "outcast", jid="bob@localhost", reason="x", timeout=5)
+            banned = await next_where(bob.presences, lambda p: p["type"] == "unavailable")
+            assert {110, 301} <= codes(banned)
+            outcasts = await amuc.get_affiliation_list(room, "outcast", timeout=5)
+            assert [str(j) for j in outcasts] == ["bob@localhost"]
+
+            await amuc.set_affiliation(room, "member", jid="carol@localhost", timeout=5)
+            await amuc.set_affiliation(room, "admin", jid="dave@localhost", timeout=5)
+            await amuc.set_affiliation(room, "owner", jid="carol@localhost", timeout=5)
+            lists = {
+                a: [str(j) for j in await amuc.get_affiliation_list(room, a, timeout=5)]
+                for a in ("member", "admin", "owner")
+            }
+            assert lists == {
+                "member": [],
+                "admin": ["dave@localhost"],
+                "owner": ["alice@localhost", "carol@localhost"],
+            }
+            # Bob, banned, cannot read the lists.
+            from slixmpp.exceptions import IqError
+
+            with pytest.raises(IqError) as err_info:
+                await bob.plugin["xep_0045"].get_affiliation_list(room, "owner", timeout=5)
+            assert err_info.value.condition == "forbidden"
+
+    asyncio.run(run())
+
+
+def test_configuration_disco_invitation_and_destroy(stack: CoreProcess) -> None:
+    """§10.2 form, §6 discovery of service and rooms, §7.8 mediated invitation, §10.9
+    destroy with an alternate venue."""
+    room = f"coven@{SERVICE}"
+
+    async def run() -> None:
+        async with clients(stack, "alice", "bob") as (alice, bob):
+            amuc = alice.plugin["xep_0045"]
+            await create_room(
+                alice,
+                room,
+                "Alice",
+                **{
+                    "muc#roomconfig_roomname": "A Dark Cave",
+                    "muc#roomconfig_persistentroom": True,
+                    "muc#roomconfig_whois": "anyone",
+                },
+            )
+            form = await amuc.get_room_config(room, timeout=5)
+            assert form["fields"]["muc#roomconfig_roomname"]["value"] == "A Dark Cave"
+
+            disco = bob.plugin["xep_0030"]
+            info = await disco.get_info(jid=SERVICE, timeout=5)
+            assert ("conference", "text") in [
+                (i[0], i[1]) for i in info["disco_info"]["identities"]
+            ]
+            assert "http://jabber.org/protocol/muc" in info["disco_info"]["features"]
+            items = await disco.get_items(jid=SERVICE, timeout=5)
+            assert (room, None, "A Dark Cave") in items["disco_items"]["items"]
+            info = await disco.get_info(jid=room, timeout=5)
+            features = info["disco_info"]["features"]
+            assert {"muc_persistent", "muc_public", "muc_nonanonymous"} <= set(features)
+
+            amuc.invite(room, "bob@localhost", reason="Come in")
+            invite = await next_where(
+                bob.inbox, lambda m: m["from"] == room and m["muc"]["invite"]["from"]
+            )
+            assert invite["muc"]["invite"]["reason"] == "Come in"
+            assert invite["muc"]["invite"]["from"].bare == "alice@localhost"
+
+            await bob.plugin["xep_0045"].join_muc_wait(room, "Bob", timeout=5)
+            await amuc.destroy(room, reason="Macbeth doth come.", altroom=f"other@{SERVICE}", timeout=5)
+            gone = await next_where(bob.presences, lambda p: p["type"] == "unavailable")
+            destroy = gone.xml.find(f"{MUC_USER}x/{MUC_USER}destroy")
+            assert destroy is not None and destroy.get("jid") == f"other@{SERVICE}"
+            items = await disco.get_items(jid=SERVICE, timeout=5)
+            assert room not in [i[0] for i in items["disco_items"]["items"]]
+
+    asyncio.run(run())
+
+
+def test_self_ping_and_occupant_ids(stack: CoreProcess) -> None:
+    """XEP-0410: a self-ping succeeds while joined; XEP-0421: messages and presence carry a
+    stable occupant id."""
+    room = f"ping@{SERVICE}"
+
+    async def run() -> None:
+        async with clients(stack, "alice", "bob") as (alice, bob):
+            await create_room(alice, room, "Alice")
+            await alice.plugin["xep_0199"].ping(jid=f"{room}/Alice", timeout=5)
+            from slixmpp.exceptions import IqError
+
+            with pytest.raises(IqError) as err:
+                await bob.plugin["xep_0199"].ping(jid=f"{room}/Alice", timeout=5)
+            assert err.value.condition == "not-acceptable"
+            await bob.plugin["xep_0045"].join_muc_wait(room, "Bob", timeout=5)
+            for body in ("one", "two"):
+                alice.send_message(mto=room, mbody=body, mtype="groupchat")
+            ids = []
+            for body in ("one", "two"):
+                msg = await groupchat_from(bob, room, body)
+                oid = msg.xml.find("{urn:xmpp:occupant-id:0}occupant-id")
+                ids.append(oid.get("id") if oid is not None else None)
+            assert ids[0] is not None and ids[0] == ids[1]
+
+    asyncio.run(run())
+
+
+def test_muc_needs_its_configuration(tmp_path: Path) -> None:
+    """`switchboard muc` without [components.muc] says what to configure and exits 2."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "core.cli", "muc"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert b"[components.muc]" in done.stderr
