@@ -177,6 +177,16 @@ def table(runs: list[Run], results: list[dict[str, Any]], names: list[str]) -> s
             aux = median([r.get("aux_cpu_s", 0.0) for r in per.get("switchboard", [])])
             cpu = f"{_fmt(cpu_p)} / {_fmt(cpu_s)}" + (f" (+{_fmt(aux)})" if aux else "")
             lim = f"{limit_of(per.get('prosody', []))} / {limit_of(per.get('switchboard', []))}"
+            others = median(
+                [
+                    r.get("others_cpu_s", 0.0) / r["wall_s"]
+                    for n in names
+                    for r in per[n]
+                    if r.get("wall_s")
+                ]
+            )
+            if others is not None and others > 0.1:
+                lim += f"; other load {100 * others:.0f} %"
             failed = [r["failed"] for n in names for r in per[n] if "failed" in r]
             if failed:
                 lim += f"; failed: {failed[0]}"

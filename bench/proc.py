@@ -63,6 +63,15 @@ def raise_fd_limit(wanted: int = 65536) -> int:
     return soft
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy so far (everything but idle and iowait, /proc/stat)."""
+    with open("/proc/stat", "rb") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal [guest guest_nice, counted in user]
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / _TICK
+
+
 def threads_cpu(pids: list[int]) -> float:
     """Total CPU seconds of several processes; a process that is gone counts as 0."""
     total = 0.0

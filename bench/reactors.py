@@ -172,9 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result: dict[str, Any] = {}
                 while time.monotonic() < deadline:
                     try:
-                        result = asyncio.run(
-                            drive(port, a.pairs, a.window, a.duration, server.pid)
-                        )
+                        result = asyncio.run(drive(port, a.pairs, a.window, a.duration, server.pid))
                         break
                     except OSError:
                         time.sleep(0.1)

@@ -291,6 +291,7 @@ class CoreServer:
 def run_core(config: Config) -> int:
     """Run a core node until SIGINT/SIGTERM. The asyncio reactor must already be installed."""
     from twisted.internet import reactor, task
+    from twisted.internet.error import CannotListenError
 
     from core.runtime.logging import setup_logging
 
@@ -306,7 +307,23 @@ def run_core(config: Config) -> int:
             raise SystemExit(f"cannot reach Redis at {url}: {e}") from None
         server = CoreServer(config, redis, reactor=reactor)
         await server.start()
-        server.listen()
+        try:
+            server.listen()
+        except CannotListenError as e:
+            # An operator's problem (another server on the port, a port below 1024 without
+            # the right to bind it): one line saying which, not a traceback.
+            labels = {
+                config.c2s.port: "c2s.port",
+                config.c2s.direct_tls_port: "c2s.direct_tls_port",
+                config.s2s.port: "s2s.port",
+                config.component_listener.port: "component_listener.port",
+                config.admin.port: "admin.port",
+            }
+            key = labels.get(int(e.port), "its port")
+            raise SystemExit(
+                f"cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}; "
+                f"free the port or set another {key} (0 disables the listener)"
+            ) from None
         beat = task.LoopingCall(lambda: server.spawn(server.sessions.heartbeat()))
         beat.start(HEARTBEAT, now=False)
         state["beat"] = beat

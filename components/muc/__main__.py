@@ -26,8 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     # Before anything imports twisted.internet.reactor.
     install()
     from components.muc.app import run_muc
+    from components.muc.settings import SettingsError
 
-    return run_muc(config, instance=args.instance)
+    try:
+        return run_muc(config, instance=args.instance)
+    except SettingsError as exc:
+        print(f"switchboard muc: configuration error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

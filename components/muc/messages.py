@@ -10,7 +10,14 @@ from lxml import etree
 from components.muc.env import Env, Out
 from components.muc.errors import Refused
 from components.muc.forms import Form, add_field, new_form
-from components.muc.model import AFFILIATION_RANK, ROLE_RANK, HistoryItem, Occupant, Room
+from components.muc.model import (
+    AFFILIATION_RANK,
+    ROLE_RANK,
+    HistoryItem,
+    Occupant,
+    Room,
+    Subject,
+)
 from components.muc.names import NS_MUC_REQUEST, NS_MUC_USER, QN_X_DATA, QN_X_USER
 from components.muc.stanzas import (
     QN_BODY,
@@ -66,7 +73,8 @@ def groupchat(room: Room, msg: Element, sender: str, env: Env) -> Out:
 
 def _reflect(room: Room, occupant: Occupant, msg: Element) -> Element:
     reflected = strip_room_owned(copy.deepcopy(msg))
-    reflected.attrib.pop("to", None)
+    if "to" in reflected.attrib:
+        del reflected.attrib["to"]
     reflected.set("from", occupant_jid(room, occupant.nick))
     reflected.set("type", "groupchat")
     if reflected.get("id") is None:
@@ -102,8 +110,6 @@ def change_subject(room: Room, occupant: Occupant, msg: Element, env: Env) -> Ou
     occupant receives the change from the setter's occupant JID."""
     if not may_change_subject(room, occupant):
         raise Refused("subject-denied")
-    from components.muc.model import Subject
-
     text = msg.findtext(QN_SUBJECT) or ""
     room.subject = Subject(text, occupant.nick, env.now())
     room.touch()
@@ -187,10 +193,10 @@ def invite(room: Room, x: Element, sender: str, env: Env) -> Out:
     for inv in x.iter(QN_INVITE):
         to = inv.get("to")
         try:
-            invitee = parse_jid(to or "")
+            parsed = parse_jid(to or "")
         except JIDError:
             raise Refused("bad-request", "An invitation needs a valid 'to' address") from None
-        invites.append((str(invitee), inv.findtext(QN_REASON)))
+        invites.append((str(parsed), inv.findtext(QN_REASON)))
     inviter_rank = AFFILIATION_RANK[room.affiliation(occupant.bare)]
     out: Out = []
     for invitee, reason in invites:

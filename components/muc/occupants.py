@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from components.muc.env import Env, Out
+from components.muc.env import Out
 from components.muc.errors import Refused
 from components.muc.join import valid_nick
 from components.muc.model import Occupant, Room
@@ -46,7 +46,7 @@ def _broadcast_presence(room: Room, occupant: Occupant, *, session: str | None =
     return out
 
 
-def leave(room: Room, occupant: Occupant, full: str, presence: Element, env: Env) -> Out:
+def leave(room: Room, occupant: Occupant, full: str, presence: Element) -> Out:
     """§7.14: the session ``full`` leaves. The occupant leaves with its last session; until
     then the others only see its remaining session's presence."""
     out: Out = []
@@ -79,9 +79,7 @@ def _forget_if_empty(room: Room) -> None:
         room.changes.destroyed = True
 
 
-def change_nick(
-    room: Room, occupant: Occupant, full: str, new_nick: str, presence: Element, env: Env
-) -> Out:
+def change_nick(room: Room, occupant: Occupant, full: str, new_nick: str, presence: Element) -> Out:
     """§7.6: unavailable presence from the old nick with status 303 and the new nick, then
     available presence from the new nick, to every occupant."""
     new_nick = valid_nick(new_nick)

@@ -26,10 +26,10 @@ from components.muc.errors import Refused
 from components.muc.model import CorruptRoom, Occupant, Room
 from components.muc.names import QN_X_MUC, STATUS_ERROR_REMOVED, STATUS_SELF
 from components.muc.stanzas import add_item, add_statuses, join_error, muc_user
-from components.muc.store import RoomStore, StaleRoom
+from components.muc.store import RoomStore, StaleRoom, occupants_key
 from core.xmpp.errors import StanzaError
 from core.xmpp.jid import JID, JIDError, parse_jid
-from core.xmpp.ns import NS_CLIENT, QN_IQ, QN_PRESENCE, qn
+from core.xmpp.ns import NS_CLIENT, NS_VCARD, QN_IQ, QN_PRESENCE, qn
 from core.xmpp.stanza import error_reply, make, new_id, payload_of
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ Step = Callable[[Room | None], Awaitable[Out]]
 MAX_ATTEMPTS = 3
 # Rooms kept in memory; others are loaded from Redis when needed.
 CACHE_SIZE = 10000
+QN_VCARD = qn(NS_VCARD, "vCard")
 # Seconds an IQ forwarded to an occupant may take (it holds up the room meanwhile).
 FORWARD_TIMEOUT = 5.0
 _SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe")
@@ -101,7 +102,7 @@ class MucService:
         try:
             room = await self.store.load(jid, self.env.settings.max_history)
         except CorruptRoom as exc:
-            log.error("room %s cannot be read back and is removed: %s", jid, exc)
+            log.error("room %s cannot be read back and is set aside: %s", jid, exc)
             await self._drop_corrupt(jid)
             return None
         if room is None:
@@ -119,10 +120,9 @@ class MucService:
             self.rooms.popitem(last=False)
 
     async def _drop_corrupt(self, jid: str) -> None:
-        """XEP-0045 §18.1 / status 333: a room whose state cannot be recovered is removed, and
-        every occupant that can still be named learns it is no longer in the room."""
-        from components.muc.store import occupants_key
-
+        """XEP-0045 status 333: a room whose state cannot be recovered is set aside (its keys
+        renamed, not deleted), and every occupant that can still be named learns that it is
+        no longer in the room."""
         try:
             raw = await self.store.redis.hgetall(occupants_key(jid))
         except Exception:
@@ -145,7 +145,8 @@ class MucService:
                 add_item(x, affiliation="none", role="none", reason="The room was lost")
                 add_statuses(x, [STATUS_SELF, STATUS_ERROR_REMOVED])
                 self.send(p)
-        await self.store.delete(jid)
+        moved = await self.store.quarantine(jid, int(self.env.now()))
+        log.error("room %s: unreadable state kept under %s", jid, [k.decode() for k in moved])
         self.rooms.pop(jid, None)
 
     async def run(self, jid: str, step: Step) -> Out:
@@ -222,7 +223,7 @@ class MucService:
             if ptype == "unavailable":
                 if room is None or occupant is None:
                     return []
-                return occupants.leave(room, occupant, full, stanza, env)
+                return occupants.leave(room, occupant, full, stanza)
             if occupant is None:
                 if stanza.find(QN_X_MUC) is None:
                     if room is None:
@@ -235,7 +236,7 @@ class MucService:
                 return join.enter(room, stanza, full, bare, nick, env, created=created)
             assert room is not None
             if occupant.nick != nick:
-                return occupants.change_nick(room, occupant, full, nick, stanza, env)
+                return occupants.change_nick(room, occupant, full, nick, stanza)
             if stanza.find(QN_X_MUC) is not None:
                 return join.rejoin(room, occupant, full, stanza, env)
             return occupants.update_presence(room, occupant, full, stanza)
@@ -415,6 +416,10 @@ class MucService:
         if self.iq is None:
             raise StanzaError("service-unavailable")
         my_nick, real = target[0]
+        if payload is not None and payload.tag == QN_VCARD:
+            # XEP-0054 / XEP-0045 §7.x: vCards belong to accounts; the occupant's server
+            # answers for its bare JID, whatever the client.
+            real = str(parse_jid(real).bare)
         forwarded = copy.deepcopy(iq)
         forwarded.set("from", f"{to.bare}/{my_nick}")
         forwarded.set("to", real)

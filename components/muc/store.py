@@ -188,14 +188,14 @@ class RoomStore:
         room.version = new_version
         # COMPAT: the indexes live in other cluster slots than the room, so they are written
         # after it; a crash in between leaves an index entry that readers skip and clean.
-        if changes.created:
+        if changes.destroyed:
+            await self.forget(room.jid, room.creator)
+        elif changes.created:
             pipe = self.redis.pipeline(transaction=False)
             pipe.sadd(rooms_key(self.service), room.jid)
             if room.creator:
                 pipe.sadd(created_key(room.creator), room.jid)
             await pipe.execute()
-        elif changes.destroyed:
-            await self.forget(room.jid, room.creator)
         room.changes = Changes()
 
     async def forget(self, jid: str, creator: str = "") -> None:
@@ -213,6 +213,21 @@ class RoomStore:
         )
         await self.forget(jid)
 
+    async def quarantine(self, jid: str, stamp: int) -> list[bytes]:
+        """Move an unreadable room's keys aside (``<key>:corrupt:<stamp>``, same hash tag)
+        so that the room can be created afresh while the old data stays for inspection (it
+        may have been written by a newer version). Returns the new key names."""
+        moved = []
+        for key in (room_key(jid), occupants_key(jid), affiliations_key(jid), history_key(jid)):
+            target = key + f":corrupt:{stamp}".encode()
+            try:
+                await self.redis.rename(key, target)
+            except aioredis.ResponseError:
+                continue  # no such key
+            moved.append(target)
+        await self.forget(jid)
+        return moved
+
     async def rooms(self) -> list[str]:
         return sorted(m.decode() for m in await self.redis.smembers(rooms_key(self.service)))
 
@@ -226,8 +241,10 @@ class RoomStore:
         for jid in jids:
             pipe.hmget(room_key(jid), "config", "meta")
         out = []
+        orphans = []
         for jid, (config, meta) in zip(jids, await pipe.execute(), strict=True):
             if config is None or meta is None:
+                orphans.append(jid)
                 continue
             try:
                 out.append(
@@ -239,4 +256,7 @@ class RoomStore:
                 )
             except (ValueError, TypeError, AttributeError):
                 log.warning("skipping unreadable room %s in listings", jid)
+        if orphans:
+            # Index entries of rooms that are gone (see ``save``).
+            await self.redis.srem(rooms_key(self.service), *orphans)
         return out

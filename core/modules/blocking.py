@@ -109,9 +109,7 @@ async def block(ctx: IqContext) -> None:
             raise StanzaError("policy-violation", f"a list holds at most {MAX_ITEMS} items")
         return after
 
-    await service_of(ctx.host).change(
-        bare, edit, session=ctx.session, blocking=("block", jids)
-    )
+    await service_of(ctx.host).change(bare, edit, blocking=("block", jids))
     log.info("blocking: %s blocked %d JID(s)", bare, len(jids))
     return None
 
@@ -124,7 +122,6 @@ async def unblock(ctx: IqContext) -> None:
     await service_of(ctx.host).change(
         bare,
         lambda lists: lists.unblocking(jids),
-        session=ctx.session,
         blocking=("unblock", jids),
     )
     log.info("blocking: %s unblocked %s", bare, "all" if jids is None else f"{len(jids)} JID(s)")

@@ -79,9 +79,6 @@ def _data(session: Any) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-_MISSING = object()
-
-
 class PrivacyService:
     """Privacy lists of one node's accounts: changes, pushes, presence and the router hook."""
 
@@ -154,11 +151,16 @@ class PrivacyService:
         in_list = self._inbound_list(in_lists, to) if in_bare else None
         if out_list is None and in_list is None:
             return True
-        out_contact = self._cached_contact(out_bare, to) if out_list is not None else None
-        in_contact = self._cached_contact(in_bare, sender) if in_list is not None else None
-        if out_contact is _MISSING or in_contact is _MISSING:
-            return self._check_later(stanza, sender, to, origin, out_bare, in_bare)
-        refusal = verdict(stanza, sender, to, out_list, out_contact, in_list, in_contact)  # type: ignore[arg-type]
+        out_contact = in_contact = None
+        if out_list is not None and out_list.needs_roster:
+            known, out_contact = self._cached_contact(out_bare, to)
+            if not known:
+                return self._check_later(stanza, sender, to, origin, out_bare, in_bare)
+        if in_list is not None and in_list.needs_roster:
+            known, in_contact = self._cached_contact(in_bare, sender)
+            if not known:
+                return self._check_later(stanza, sender, to, origin, out_bare, in_bare)
+        refusal = verdict(stanza, sender, to, out_list, out_contact, in_list, in_contact)
         if refusal is None:
             return True
         self._refuse(stanza, refusal)
@@ -175,14 +177,20 @@ class PrivacyService:
     ) -> None:
         out_list = in_list = None
         out_contact = in_contact = None
-        if out_bare is not None:
-            out_list = self._outbound_list(await self.cache.get(out_bare), sender, origin)
-            if out_list is not None and out_list.needs_roster:
-                out_contact = await self.contact(out_bare, to)
-        if in_bare is not None:
-            in_list = self._inbound_list(await self.cache.get(in_bare), to)
-            if in_list is not None and in_list.needs_roster:
-                in_contact = await self.contact(in_bare, sender)
+        try:
+            if out_bare is not None:
+                out_list = self._outbound_list(await self.cache.get(out_bare), sender, origin)
+                if out_list is not None and out_list.needs_roster:
+                    out_contact = await self.contact(out_bare, to)
+            if in_bare is not None:
+                in_list = self._inbound_list(await self.cache.get(in_bare), to)
+                if in_list is not None and in_list.needs_roster:
+                    in_contact = await self.contact(in_bare, sender)
+        except Exception:
+            # Without the lists nothing may pass (a block must hold): refuse, and say why.
+            log.exception("privacy: lists of %s / %s could not be loaded", out_bare, in_bare)
+            self.server.router.deliver_error(stanza, StanzaError("internal-server-error"))
+            return
         refusal = verdict(stanza, sender, to, out_list, out_contact, in_list, in_contact)
         if refusal is not None:
             self._refuse(stanza, refusal)
@@ -209,13 +217,15 @@ class PrivacyService:
         names = {_data(s).get(ACTIVE) for s in router.resources(str(to.bare)).values()}
         return lists.effective(names.pop() if len(names) == 1 else None)
 
-    def _cached_contact(self, owner: str | None, peer: JID) -> Contact | object | None:
+    def _cached_contact(self, owner: str | None, peer: JID) -> tuple[bool, Contact | None]:
+        """(True, what ``owner``'s in-memory roster says of ``peer``), or (False, None) when
+        the roster is not in memory (the account is not online here)."""
         rosters = self.server.rosters
-        roster = rosters.cached(owner) if rosters is not None else None
+        roster = rosters.cached(owner) if rosters is not None and owner else None
         if roster is None:
-            return _MISSING
+            return False, None
         item = roster.items.get(str(peer.bare))
-        return (item.subscription, frozenset(item.groups)) if item is not None else None
+        return True, (item.subscription, frozenset(item.groups)) if item is not None else None
 
     async def contact(self, owner: str, peer: JID) -> Contact | None:
         """What ``owner``'s roster says of ``peer`` (None: not in it)."""
@@ -257,7 +267,6 @@ class PrivacyService:
         bare: str,
         edit: Any,
         *,
-        session: Any = None,
         blocking: tuple[str, list[str] | None] | None = None,
         active_before: dict[int, str | None] | None = None,
     ) -> tuple[AccountLists, AccountLists]:
@@ -265,9 +274,11 @@ class PrivacyService:
         update this node's copy; pushes and presence follow in the background, after the
         reply. ``blocking`` is the XEP-0191 push to send instead of the computed one."""
         async with self.lock(bare):
-            before = await self.cache.get(bare)
-            _, data = await self.store.update(bare, edit)
-            after = before if data == before.data else await self.cache.changed(bare, data)
+            cached = await self.cache.get(bare)
+            old, data = await self.store.update(bare, edit)
+            # What Redis held is the truth; the copy may predate another node's change.
+            before = cached if cached.data == old else AccountLists.of(old)
+            after = before if data == old else await self.cache.changed(bare, data)
         self.server.spawn(self._after_change(bare, before, after, blocking, active_before))
         return before, after
 
@@ -512,7 +523,7 @@ async def _set_default(service: PrivacyService, bare: str, session: Any, name: s
             raise StanzaError("conflict", "the default list is in use by another resource")
         return lists.with_default(name)
 
-    await service.change(bare, edit, session=session)
+    await service.change(bare, edit)
 
 
 async def _store_list(
@@ -547,7 +558,7 @@ async def _store_list(
             raise StanzaError("policy-violation", f"an account holds at most {MAX_LISTS} lists")
         return lists.with_list(name, items)
 
-    await service.change(bare, edit, session=session)
+    await service.change(bare, edit)
 
 
 async def _remove_list(service: PrivacyService, bare: str, session: Any, name: str) -> None:
@@ -562,7 +573,7 @@ async def _remove_list(service: PrivacyService, bare: str, session: Any, name: s
 
     data = _data(session)
     old = data.get(ACTIVE)
-    await service.change(bare, edit, session=session, active_before={id(session): old})
+    await service.change(bare, edit, active_before={id(session): old})
     # The session's own active list may go (§2.8 refuses only other resources'); the
     # presence that follows the change runs after this, and sees the list gone.
     if old == name:

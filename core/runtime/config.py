@@ -134,6 +134,25 @@ class AdminConfig:
 
 
 @dataclass
+class RosterConfig:
+    """RFC 6121 §2.3.3: limits of one roster, refused with not-acceptable/policy-violation/
+    resource-constraint when exceeded."""
+
+    max_items: int = 1000
+    max_name_length: int = 1023
+    max_group_length: int = 1023
+    max_groups: int = 64
+
+
+@dataclass
+class OfflineConfig:
+    """XEP-0160: messages kept per account while it is offline; past this the sender gets
+    service-unavailable."""
+
+    max_messages: int = 1000
+
+
+@dataclass
 class ContactConfig:
     """XEP-0157 contact addresses, advertised in the server's disco#info (XEP-0128); each
     key is a list of URIs such as ``mailto:xmpp@example.com`` or ``xmpp:admin@example.com``."""
@@ -162,6 +181,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     contact: ContactConfig = field(default_factory=ContactConfig)
+    roster: RosterConfig = field(default_factory=RosterConfig)
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
 
 
 # Section name -> dataclass. ``components`` is a table of tables and handled on its own.
@@ -175,6 +196,8 @@ SECTIONS: dict[str, type] = {
     "log": LogConfig,
     "admin": AdminConfig,
     "contact": ContactConfig,
+    "roster": RosterConfig,
+    "offline": OfflineConfig,
 }
 TOP_LEVEL_KEYS = ("domain", "node_id", "data_dir")
 COMPONENT_KEYS = tuple(f.name for f in fields(ComponentConfig))
@@ -495,7 +518,13 @@ class _Loader:
             ("c2s.max_resources", config.c2s.max_resources, 1, ""),
             ("auth.scram_iterations", config.auth.scram_iterations, MIN_SCRAM_ITERATIONS, ""),
             ("auth.max_failures", config.auth.max_failures, 1, ""),
-            ("auth.max_failures_per_minute", config.auth.max_failures_per_minute, 1, ""),
+            # 0 turns the per-account and per-address limiter off (benchmarks, trusted LANs).
+            ("auth.max_failures_per_minute", config.auth.max_failures_per_minute, 0, ""),
+            ("roster.max_items", config.roster.max_items, 1, ""),
+            ("roster.max_name_length", config.roster.max_name_length, 1, ""),
+            ("roster.max_group_length", config.roster.max_group_length, 1, ""),
+            ("roster.max_groups", config.roster.max_groups, 0, ""),
+            ("offline.max_messages", config.offline.max_messages, 0, ""),
             ("auth.failure_delay", config.auth.failure_delay, 0, ""),
             ("component_listener.grace_period", config.component_listener.grace_period, 0, ""),
             (

@@ -146,6 +146,9 @@ class OutgoingLink:
     def send(self, stanza: Element) -> None:
         """Send a stanza (jabber:client inside the server) to the remote domain."""
         self.last_used = self.service.reactor.seconds()
+        if self.closed:
+            self.service.bounce(stanza, StanzaError("remote-server-not-found", "link closed"))
+            return
         if self.ready and self.stream is not None:
             self.stream.send_stanza(stanza)
             return
@@ -159,6 +162,9 @@ class OutgoingLink:
     def verify(self, stream_id: str, key: str, callback: VerifyCallback) -> None:
         """Ask the remote domain whether ``key`` is its key for our incoming stream
         ``stream_id`` (XEP-0220 §2.1.2); ``callback(type, condition)`` is called once."""
+        if self.closed:
+            callback("error", "remote-connection-failed")
+            return
         req = VerifyRequest(stream_id, key, callback)
         req.timer = self.service.reactor.callLater(
             self.service.config.connect_timeout, self._verify_expired, req

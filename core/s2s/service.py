@@ -130,17 +130,20 @@ class S2SService:
             log.warning("s2s: not relaying a stanza from %s to %s", frm, remote)
             self.bounce(stanza, StanzaError("not-allowed", "not relayed"))
             return
-        self.link(sender.domain, remote).send(stanza)
+        link, new = self.link(sender.domain, remote)
+        link.send(stanza)
+        if new:
+            link.start()
 
-    def link(self, local: str, remote: str) -> OutgoingLink:
-        """The link for a domain pair, started when there is none."""
+    def link(self, local: str, remote: str) -> tuple[OutgoingLink, bool]:
+        """The link for a domain pair, and whether it is new: the caller gives a new link
+        its first work, then starts it (a connection can fail before start() returns)."""
         found = self.links.get((local, remote))
         if found is not None and not found.closed:
-            return found
+            return found, False
         link = OutgoingLink(self, local, remote)
         self.links[(local, remote)] = link
-        link.start()
-        return link
+        return link, True
 
     def link_closed(self, link: OutgoingLink) -> None:
         if self.links.get((link.local, link.remote)) is link:
@@ -192,7 +195,10 @@ class S2SService:
     ) -> None:
         """Ask ``remote``'s authoritative server about a key it sent to ``local`` on our
         incoming stream ``stream_id`` (XEP-0220 §2.1.2), over our link to it."""
-        self.link(local, remote).verify(stream_id, key, callback)
+        link, new = self.link(local, remote)
+        link.verify(stream_id, key, callback)
+        if new:
+            link.start()
 
     def check_certificate(self, chain: list[x509.Certificate], domain: str) -> CertCheck:
         return check_certificate(self.trust, chain, domain)

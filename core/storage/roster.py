@@ -73,9 +73,6 @@ class Roster:
     version: str = ""
     pending: dict[str, bytes] = field(default_factory=dict)
 
-    def copy(self) -> Roster:
-        return Roster(dict(self.items), self.version, dict(self.pending))
-
 
 def next_version(version: str) -> str:
     """The version after ``version``: ``<epoch>-<n>``. A roster without a version (new, or of

@@ -33,18 +33,40 @@ async def until(predicate: Callable[[], bool], what: str, timeout: float = TIMEO
         await asyncio.sleep(0.02)
 
 
-async def next_presence(
-    client: Any, frm: str, ptype: str = "available", timeout: float = TIMEOUT
+async def take_presence(
+    client: Any, match: Callable[[Any], bool], what: str, timeout: float = TIMEOUT
 ) -> Any:
-    """The next presence ``client`` receives from ``frm`` with type ``ptype``, skipping others."""
+    """The first presence ``client`` received (or receives, within ``timeout``) that matches;
+    presence that does not match is kept for later calls, so arrival order does not matter."""
+    seen: list[Any] = client.__dict__.setdefault("seen_presences", [])
     deadline = time.monotonic() + timeout
     while True:
+        for p in seen:
+            if match(p):
+                seen.remove(p)
+                return p
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise AssertionError(f"no {ptype} presence from {frm}")
-        p = await asyncio.wait_for(client.presences.get(), remaining)
-        if str(p["from"]) == frm and p["type"] == ptype:
-            return p
+            raise AssertionError(f"no {what}")
+        try:
+            seen.append(await asyncio.wait_for(client.presences.get(), remaining))
+        except TimeoutError:
+            raise AssertionError(f"no {what}") from None
+
+
+async def next_presence(client: Any, frm: str, ptype: str = "available") -> Any:
+    """A presence from ``frm`` of type ``ptype``."""
+
+    def match(p: Any) -> bool:
+        return str(p["from"]) == frm and p["type"] == ptype
+
+    return await take_presence(client, match, f"{ptype} presence from {frm}")
+
+
+async def presences_from(client: Any, senders: set[str], ptype: str = "available") -> None:
+    """A presence of type ``ptype`` from each of ``senders``, in any order."""
+    for frm in sorted(senders):
+        await next_presence(client, frm, ptype)
 
 
 def manual_subscriptions(*clients: Any) -> None:
@@ -62,7 +84,7 @@ def subscription(client: Any, contact: str) -> str:
 def test_two_users_two_resources(core: CoreProcess, run_async: Any) -> None:
     """Alice and Bob, two resources each, subscribe to each other; every resource's roster
     follows, each sees the other's resources come and go, and a message sent while Bob is
-    offline reaches him, stamped, at his next login."""
+    offline survives a restart of the core and reaches him, stamped, at his next login."""
     core.add_user("alice", PASSWORD)
     core.add_user("bob", PASSWORD)
     alice, bob = "alice@localhost", "bob@localhost"
@@ -73,41 +95,47 @@ def test_two_users_two_resources(core: CoreProcess, run_async: Any) -> None:
             slix_client(core.c2s_port, f"{alice}/a2", PASSWORD) as a2,
             slix_client(core.c2s_port, f"{bob}/b1", PASSWORD) as b1,
         ):
-            clients = [a1, a2, b1]
-            manual_subscriptions(*clients)
-            await asyncio.gather(*(c.get_roster() for c in clients))
-            a1.send_presence(pto=bob, ptype="subscribe")
-            await next_presence(b1, alice, "subscribe")
-            b1.send_presence(pto=alice, ptype="subscribed")
-            b1.send_presence(pto=alice, ptype="subscribe")
-            await next_presence(a2, bob, "subscribe")
-            a2.send_presence(pto=bob, ptype="subscribed")
-            for c, contact in ((a1, bob), (a2, bob), (b1, alice)):
-                await until(lambda c=c, k=contact: subscription(c, k) == "both", "both")
-            # Presence both ways, from every available resource.
-            await next_presence(a1, f"{bob}/b1")
-            await next_presence(b1, f"{alice}/a1")
-            await next_presence(b1, f"{alice}/a2")
             async with slix_client(core.c2s_port, f"{bob}/b2", PASSWORD) as b2:
-                manual_subscriptions(b2)
-                await b2.get_roster()
-                assert subscription(b2, alice) == "both"
-                await next_presence(a1, f"{bob}/b2")
-                await next_presence(a2, f"{bob}/b2")
-                await next_presence(b2, f"{alice}/a1")
-                await next_presence(b2, f"{alice}/a2")
+                clients = [a1, a2, b1, b2]
+                manual_subscriptions(*clients)
+                await asyncio.gather(*(c.get_roster() for c in clients))
+                # Alice asks from one resource; both of Bob's see it, the other one answers.
+                a1.send_presence(pto=bob, ptype="subscribe")
+                await next_presence(b1, alice, "subscribe")
+                await next_presence(b2, alice, "subscribe")
+                b2.send_presence(pto=alice, ptype="subscribed")
+                b1.send_presence(pto=alice, ptype="subscribe")
+                await next_presence(a1, bob, "subscribe")
+                await next_presence(a2, bob, "subscribe")
+                a2.send_presence(pto=bob, ptype="subscribed")
+                for c, contact in ((a1, bob), (a2, bob), (b1, alice), (b2, alice)):
+                    await until(lambda c=c, k=contact: subscription(c, k) == "both", "both")
+                # Each resource sees every resource of the other account.
+                for watcher in (a1, a2):
+                    await presences_from(watcher, {f"{bob}/b1", f"{bob}/b2"})
+                for watcher in (b1, b2):
+                    await presences_from(watcher, {f"{alice}/a1", f"{alice}/a2"})
+            # b2 went away, then comes back.
             await next_presence(a1, f"{bob}/b2", "unavailable")
             await next_presence(a2, f"{bob}/b2", "unavailable")
-        # Bob is gone: a message for him waits in storage.
+            async with slix_client(core.c2s_port, f"{bob}/b2", PASSWORD) as b2:
+                await next_presence(a1, f"{bob}/b2")
+                await next_presence(a2, f"{bob}/b2")
+                await presences_from(b2, {f"{alice}/a1", f"{alice}/a2"})
+        # Bob is gone: a message for him waits in storage, across a restart of the core.
         async with slix_client(core.c2s_port, f"{alice}/a1", PASSWORD) as a1:
             a1.send_message(mto=bob, mbody="while you were out", mtype="chat")
             await until(lambda: core_offline_count(core, bob) == 1, "the message stored")
+        await asyncio.to_thread(core.restart)
         async with slix_client(core.c2s_port, f"{bob}/b3", PASSWORD) as b3:
             msg = await asyncio.wait_for(b3.inbox.get(), TIMEOUT)
             assert msg["body"] == "while you were out"
             assert str(msg["from"]) == f"{alice}/a1"
             delay = msg.xml.find(f"{{{NS_DELAY}}}delay")
             assert delay is not None and delay.get("from") == "localhost" and delay.get("stamp")
+            await b3.get_roster()
+            assert subscription(b3, alice) == "both"
+        assert core_offline_count(core, bob) == 0
 
     run_async(scenario())
 

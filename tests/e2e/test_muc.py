@@ -16,6 +16,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 import redis.asyncio
@@ -117,15 +118,21 @@ def stack(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @contextlib.asynccontextmanager
 async def clients(core: CoreProcess, *users: str) -> AsyncIterator[list[Any]]:
-    """Connected slixmpp clients with the MUC plugin, one per user."""
+    """Connected slixmpp clients with the MUC plugin, one per user. Room presence is in
+    ``client.room_presences`` (the plugin keeps it from the generic presence event)."""
     async with contextlib.AsyncExitStack() as stack:
         out = []
         for user in users:
-            out.append(
-                await stack.enter_async_context(
-                    slix_client(core.c2s_port, f"{user}@localhost", PASSWORD, plugins=PLUGINS)
-                )
+            client = await stack.enter_async_context(
+                slix_client(core.c2s_port, f"{user}@localhost", PASSWORD, plugins=PLUGINS)
             )
+            queue: asyncio.Queue[Any] = asyncio.Queue()
+            client.room_presences = queue
+            client.add_event_handler("groupchat_presence", queue.put_nowait)
+            subjects: asyncio.Queue[Any] = asyncio.Queue()
+            client.room_subjects = subjects
+            client.add_event_handler("groupchat_subject", subjects.put_nowait)
+            out.append(client)
         yield out
 
 
@@ -158,7 +165,7 @@ async def create_room(client: Any, room: str, nick: str, **config: Any) -> None:
             var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/muc#roomconfig"
         )
         for var, value in config.items():
-            assert var in form["fields"], var
+            assert var in form.get_fields(), var
             submit.add_field(var=var, value=value)
         await muc.set_room_config(room, submit, timeout=5)
 
@@ -187,18 +194,20 @@ def test_create_join_talk_and_leave(stack: CoreProcess) -> None:
             assert not subject["subject"] and history == []
             assert [p["from"].resource for p in occupants] == ["Alice", "Bob"]
             joined = await next_where(
-                alice.presences, lambda p: p["from"] == f"{room}/Bob" and p["type"] != "error"
+                alice.room_presences, lambda p: p["from"] == f"{room}/Bob" and p["type"] != "error"
             )
             # Alice moderates a semi-anonymous room: she sees Bob's real JID.
             assert joined["muc"]["jid"].bare == "bob@localhost"
 
-            alice.send_message(mto=room, mbody="Thrice the brinded cat hath mew'd.", mtype="groupchat")
+            alice.send_message(
+                mto=room, mbody="Thrice the brinded cat hath mew'd.", mtype="groupchat"
+            )
             for client in (alice, bob):
                 msg = await groupchat_from(client, room, "Thrice the brinded cat hath mew'd.")
                 assert msg["from"] == f"{room}/Alice"
 
             amuc.set_subject(room, "Fire Burn and Cauldron Bubble!")
-            changed = await next_where(bob.inbox, lambda m: m["subject"] != "")
+            changed = await next_where(bob.room_subjects, lambda m: bool(m["subject"]))
             assert (changed["from"], changed["subject"]) == (
                 f"{room}/Alice",
                 "Fire Burn and Cauldron Bubble!",
@@ -207,10 +216,10 @@ def test_create_join_talk_and_leave(stack: CoreProcess) -> None:
             new_nick = await bmuc.set_self_nick(room, "Robert", timeout=5)
             assert new_nick == "Robert"
             gone = await next_where(
-                alice.presences, lambda p: p["from"] == f"{room}/Bob" and 303 in codes(p)
+                alice.room_presences, lambda p: p["from"] == f"{room}/Bob" and 303 in codes(p)
             )
-            assert gone["muc"]["nick"] == "Robert"
-            await next_where(alice.presences, lambda p: p["from"] == f"{room}/Robert")
+            assert gone["muc"]["item_nick"] == "Robert"
+            await next_where(alice.room_presences, lambda p: p["from"] == f"{room}/Robert")
 
             alice.send_message(mto=f"{room}/Robert", mbody="psst", mtype="chat")
             pm = await next_where(bob.inbox, lambda m: m["body"] == "psst")
@@ -218,7 +227,7 @@ def test_create_join_talk_and_leave(stack: CoreProcess) -> None:
 
             bmuc.leave_muc(room, "Robert", msg="gone where the goblins go")
             left = await next_where(
-                alice.presences,
+                alice.room_presences,
                 lambda p: p["from"] == f"{room}/Robert" and p["type"] == "unavailable",
             )
             assert left["status"] == "gone where the goblins go"
@@ -313,16 +322,16 @@ def test_moderation(stack: CoreProcess) -> None:
             await groupchat_from(alice, room, "thanks")
 
             await amuc.set_role(room, "Carol", "none", reason="Avaunt!", timeout=5)
-            kicked = await next_where(carol.presences, lambda p: p["type"] == "unavailable")
+            kicked = await next_where(carol.room_presences, lambda p: p["type"] == "unavailable")
             assert {110, 307} <= codes(kicked)
             seen = await next_where(
-                bob.presences,
+                bob.room_presences,
                 lambda p: p["from"] == f"{room}/Carol" and p["type"] == "unavailable",
             )
             assert 307 in codes(seen)
 
             await amuc.set_affiliation(room, "outcast", jid="bob@localhost", reason="x", timeout=5)
-            banned = await next_where(bob.presences, lambda p: p["type"] == "unavailable")
+            banned = await next_where(bob.room_presences, lambda p: p["type"] == "unavailable")
             assert {110, 301} <= codes(banned)
             outcasts = await amuc.get_affiliation_list(room, "outcast", timeout=5)
             assert [str(j) for j in outcasts] == ["bob@localhost"]
@@ -368,7 +377,7 @@ def test_configuration_disco_invitation_and_destroy(stack: CoreProcess) -> None:
                 },
             )
             form = await amuc.get_room_config(room, timeout=5)
-            assert form["fields"]["muc#roomconfig_roomname"]["value"] == "A Dark Cave"
+            assert form.get_fields()["muc#roomconfig_roomname"]["value"] == "A Dark Cave"
 
             disco = bob.plugin["xep_0030"]
             info = await disco.get_info(jid=SERVICE, timeout=5)
@@ -390,8 +399,10 @@ def test_configuration_disco_invitation_and_destroy(stack: CoreProcess) -> None:
             assert invite["muc"]["invite"]["from"].bare == "alice@localhost"
 
             await bob.plugin["xep_0045"].join_muc_wait(room, "Bob", timeout=5)
-            await amuc.destroy(room, reason="Macbeth doth come.", altroom=f"other@{SERVICE}", timeout=5)
-            gone = await next_where(bob.presences, lambda p: p["type"] == "unavailable")
+            await amuc.destroy(
+                room, reason="Macbeth doth come.", altroom=f"other@{SERVICE}", timeout=5
+            )
+            gone = await next_where(bob.room_presences, lambda p: p["type"] == "unavailable")
             destroy = gone.xml.find(f"{MUC_USER}x/{MUC_USER}destroy")
             assert destroy is not None and destroy.get("jid") == f"other@{SERVICE}"
             items = await disco.get_items(jid=SERVICE, timeout=5)
@@ -440,3 +451,37 @@ def test_muc_needs_its_configuration(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert b"[components.muc]" in done.stderr
+
+
+def test_disconnect_leaves_and_direct_invitations_pass(stack: CoreProcess) -> None:
+    """A client that goes away without leaving is taken out of the room (the core sends
+    unavailable presence to the rooms it joined, RFC 6121 §4.6.3); XEP-0249 direct
+    invitations go from user to user untouched."""
+    room = f"door@{SERVICE}"
+
+    async def run() -> None:
+        async with clients(stack, "alice") as (alice,):
+            await create_room(alice, room, "Alice")
+            async with clients(stack, "bob") as (bob,):
+                invite = alice.make_message(mto="bob@localhost", mbody="join us")
+                # slixmpp stanzas are xml.etree elements.
+                invite.xml.append(
+                    ElementTree.fromstring(
+                        f"<x xmlns='jabber:x:conference' jid='{room}' reason='hi'/>"
+                    )
+                )
+                invite.send()
+                direct = await next_where(
+                    bob.inbox, lambda m: m.xml.find("{jabber:x:conference}x") is not None
+                )
+                assert direct.xml.find("{jabber:x:conference}x").get("jid") == room
+                await bob.plugin["xep_0045"].join_muc_wait(room, "Bob", timeout=5)
+                await next_where(alice.room_presences, lambda p: p["from"] == f"{room}/Bob")
+            gone = await next_where(
+                alice.room_presences,
+                lambda p: p["from"] == f"{room}/Bob" and p["type"] == "unavailable",
+                timeout=10,
+            )
+            assert 307 not in codes(gone)
+
+    asyncio.run(run())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.storage.offline import OfflineStore
 from core.storage.privacy import PrivacyStore
 from core.storage.roster import RosterItem, RosterStore
 from tests.unit.helpers import settle
@@ -344,5 +345,25 @@ def test_blocks_survive_a_new_server(redis_client: Any, run_async: Any) -> None:
             f"<message type='error' id='m1' to='{B}/pc' from='{A}'><body>hi</body>"
             f"<error type='cancel'><service-unavailable {ERR}/></error></message>",
         )
+
+    run_im(run_async, redis_client, scenario)
+
+
+def test_offline_account_still_blocks(redis_client: Any, run_async: Any) -> None:
+    """The default list applies when the user has no session (XEP-0016 §2.2 rule 2): a
+    message from a blocked JID is bounced, not kept offline; others' are kept."""
+
+    async def scenario(im: Im) -> None:
+        await im.accounts("alice", "bob", "carol")
+        a = await im.login(f"{A}/a")
+        await send(im, a, block(B))
+        await im.logout(a)
+        b = await im.login(f"{B}/pc")
+        c = await im.login(f"{C}/pc")
+        await send(im, b, f"<message to='{A}' id='m1' type='chat'><body>hi</body></message>")
+        await send(im, c, f"<message to='{A}' id='m2' type='chat'><body>hi</body></message>")
+        assert [(m.get("id"), m.get("type")) for m in b.take()] == [("m1", "error")]
+        assert [m for m in c.take() if m.tag == "{jabber:client}message"] == []
+        assert await OfflineStore(im.redis).count(A) == 1
 
     run_im(run_async, redis_client, scenario)

@@ -434,3 +434,20 @@ def test_tls_files_default_under_data_dir() -> None:
     )
     config.tls.cert, config.tls.key = "/c.pem", "/k.pem"
     assert tls_files(config) == (Path("/c.pem"), Path("/k.pem"))
+
+
+def test_roster_and_offline_limits_reach_their_modules() -> None:
+    """[roster] and [offline] settings, from the environment too, are what the modules use."""
+    from core.modules.offline import max_messages
+    from core.modules.roster import RosterLimits
+
+    config = load_config(
+        None, env={"SWITCHBOARD_ROSTER_MAX_ITEMS": "5", "SWITCHBOARD_OFFLINE_MAX_MESSAGES": "7"}
+    )
+    assert RosterLimits.from_config(config).max_items == 5
+    assert max_messages(config) == 7
+
+
+def test_a_zero_failure_rate_limit_turns_the_limiter_off() -> None:
+    """auth.max_failures_per_minute = 0 is accepted (documented as disabling the limiter)."""
+    assert load_config(None, env={"SWITCHBOARD_AUTH_MAX_FAILURES_PER_MINUTE": "0"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.storage.last import LastActivityStore
 from core.storage.roster import RosterItem, RosterStore
 from tests.unit.test_roster_harness import Im, assert_stanzas, run_im
 
@@ -89,3 +90,17 @@ def test_refusals(redis_client: Any, run_async: Any) -> None:
         )
 
     run_im(run_async, redis_client, scenario)
+
+
+def test_last_activity_store(redis_client: Any, run_async: Any) -> None:
+    """The store keeps the time and the presence; nothing recorded reads as None."""
+
+    async def scenario() -> None:
+        store = LastActivityStore(redis_client)
+        assert await store.get(J) is None
+        await store.record(J, 1234.5, b"<presence type='unavailable'/>")
+        last = await store.get(J)
+        assert last is not None
+        assert (last.time, last.presence) == (1234.5, b"<presence type='unavailable'/>")
+
+    run_async(scenario())

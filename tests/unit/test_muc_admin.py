@@ -161,9 +161,10 @@ def test_member_list_and_reserved_nick(muc: Muc, run_async: Run) -> None:
         CRONE,
         "<item affiliation='member' jid='hag66@shakespeare.lit' nick='thirdwitch'/>",
     )
-    assert by_recipient(out)[WITCH][0].find(f"{{{USER}}}x/{{{USER}}}item").get(
-        "affiliation"
-    ) == "member"
+    assert (
+        by_recipient(out)[WITCH][0].find(f"{{{USER}}}x/{{{USER}}}item").get("affiliation")
+        == "member"
+    )
     members = admin_get(muc, run_async, CRONE, "<item affiliation='member'/>")
     expect(
         members,
@@ -197,7 +198,9 @@ def test_members_only_revocation_removes_with_321(muc: Muc, run_async: Run) -> N
         "<item affiliation='member' jid='hag66@shakespeare.lit'/>"
         "<item affiliation='member' jid='wiccarocks@shakespeare.lit'/>",
     )
-    run_async(muc.configure(CRONE, "<field var='muc#roomconfig_membersonly'><value>1</value></field>"))
+    run_async(
+        muc.configure(CRONE, "<field var='muc#roomconfig_membersonly'><value>1</value></field>")
+    )
     out = admin_set(muc, run_async, CRONE, "<item affiliation='none' jid='hag66@shakespeare.lit'/>")
     assert statuses(by_recipient(out)[HAG][0]) == {"110", "321"}
 
@@ -205,7 +208,9 @@ def test_members_only_revocation_removes_with_321(muc: Muc, run_async: Run) -> N
 def test_becoming_members_only_removes_non_members_with_322(muc: Muc, run_async: Run) -> None:
     """§10.2: switching on members-only removes occupants without membership (322)."""
     _room(muc, run_async)
-    admin_set(muc, run_async, CRONE, "<item affiliation='member' jid='wiccarocks@shakespeare.lit'/>")
+    admin_set(
+        muc, run_async, CRONE, "<item affiliation='member' jid='wiccarocks@shakespeare.lit'/>"
+    )
     out = run_async(
         muc.configure(CRONE, "<field var='muc#roomconfig_membersonly'><value>1</value></field>")
     )
@@ -217,12 +222,18 @@ def test_moderator_admin_and_owner_lists(muc: Muc, run_async: Run) -> None:
     """§9.6-§9.8, §10.3-§10.8: admins grant moderator; only owners name admins and owners;
     an admin cannot touch an owner; the last owner cannot leave the list."""
     _room(muc, run_async)
-    out = admin_set(muc, run_async, CRONE, "<item affiliation='admin' jid='wiccarocks@shakespeare.lit'/>")
+    out = admin_set(
+        muc, run_async, CRONE, "<item affiliation='admin' jid='wiccarocks@shakespeare.lit'/>"
+    )
     item = by_recipient(out)[HAG][0].find(f"{{{USER}}}x/{{{USER}}}item")
     assert (item.get("affiliation"), item.get("role")) == ("admin", "moderator")
-    out = admin_set(muc, run_async, WITCH, "<item affiliation='owner' jid='hag66@shakespeare.lit'/>")
+    out = admin_set(
+        muc, run_async, WITCH, "<item affiliation='owner' jid='hag66@shakespeare.lit'/>"
+    )
     assert error_condition(out[-1]) == "forbidden"
-    out = admin_set(muc, run_async, WITCH, "<item affiliation='none' jid='crone1@shakespeare.lit'/>")
+    out = admin_set(
+        muc, run_async, WITCH, "<item affiliation='none' jid='crone1@shakespeare.lit'/>"
+    )
     assert error_condition(out[-1]) == "not-allowed"
     out = admin_set(muc, run_async, WITCH, "<item nick='thirdwitch' role='moderator'/>")
     assert out[-1].get("type") == "result"
@@ -232,7 +243,9 @@ def test_moderator_admin_and_owner_lists(muc: Muc, run_async: Run) -> None:
         "secondwitch",
         "thirdwitch",
     ]
-    out = admin_set(muc, run_async, CRONE, "<item affiliation='none' jid='crone1@shakespeare.lit'/>")
+    out = admin_set(
+        muc, run_async, CRONE, "<item affiliation='none' jid='crone1@shakespeare.lit'/>"
+    )
     assert error_condition(out[-1]) == "conflict"
     admin_set(muc, run_async, CRONE, "<item affiliation='owner' jid='hag66@shakespeare.lit'/>")
     owners = admin_get(muc, run_async, CRONE, "<item affiliation='owner'/>")
@@ -241,11 +254,11 @@ def test_moderator_admin_and_owner_lists(muc: Muc, run_async: Run) -> None:
         "hag66@shakespeare.lit",
     ]
     admins = admin_get(muc, run_async, CRONE, "<item affiliation='admin'/>")
-    assert [i.get("jid") for i in admins.iter(f"{{{ADMIN}}}item")] == [
-        "wiccarocks@shakespeare.lit"
-    ]
+    assert [i.get("jid") for i in admins.iter(f"{{{ADMIN}}}item")] == ["wiccarocks@shakespeare.lit"]
     # Now another owner exists, the first may step down.
-    out = admin_set(muc, run_async, CRONE, "<item affiliation='none' jid='crone1@shakespeare.lit'/>")
+    out = admin_set(
+        muc, run_async, CRONE, "<item affiliation='none' jid='crone1@shakespeare.lit'/>"
+    )
     assert out[-1].get("type") == "result"
     role = muc.service.rooms[ROOM].occupants["firstwitch"].role
     assert role == "participant"

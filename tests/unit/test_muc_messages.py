@@ -78,9 +78,7 @@ def test_groupchat_refusals(muc: Muc, run_async: Run) -> None:
     )
     big = "x" * 10001
     out = run_async(
-        muc.send(
-            f"<message from='{HAG}' to='{ROOM}' type='groupchat'><body>{big}</body></message>"
-        )
+        muc.send(f"<message from='{HAG}' to='{ROOM}' type='groupchat'><body>{big}</body></message>")
     )
     assert error_condition(out[0]) == "policy-violation"
     out = run_async(
@@ -90,7 +88,9 @@ def test_groupchat_refusals(muc: Muc, run_async: Run) -> None:
         )
     )
     assert error_condition(out[0]) == "item-not-found"
-    run_async(muc.configure(CRONE, "<field var='muc#roomconfig_moderatedroom'><value>1</value></field>"))
+    run_async(
+        muc.configure(CRONE, "<field var='muc#roomconfig_moderatedroom'><value>1</value></field>")
+    )
     run_async(muc.send(f"<presence from='{HAG}' to='{ROOM}/thirdwitch' type='unavailable'/>"))
     run_async(muc.join(HAG, "thirdwitch"))
     out = run_async(
@@ -119,7 +119,9 @@ def test_subject_changes(muc: Muc, run_async: Run) -> None:
         f"""<message from='{ROOM}/firstwitch' to='{HAG}' type='groupchat' id='s1'>
           <subject>Fire Burn and Cauldron Bubble!</subject>{OCC}</message>""",
     )
-    run_async(muc.configure(CRONE, "<field var='muc#roomconfig_changesubject'><value>1</value></field>"))
+    run_async(
+        muc.configure(CRONE, "<field var='muc#roomconfig_changesubject'><value>1</value></field>")
+    )
     out = run_async(
         muc.send(
             f"<message from='{HAG}' to='{ROOM}' type='groupchat'><subject>mine</subject></message>"
@@ -167,11 +169,15 @@ def test_private_message_policy(muc: Muc, run_async: Run) -> None:
     """muc#roomconfig_allowpm: 'moderators' lets only moderators send private messages."""
     _room(muc, run_async, **{"muc#roomconfig_allowpm": "moderators"})
     out = run_async(
-        muc.send(f"<message from='{HAG}' to='{ROOM}/firstwitch' type='chat'><body>x</body></message>")
+        muc.send(
+            f"<message from='{HAG}' to='{ROOM}/firstwitch' type='chat'><body>x</body></message>"
+        )
     )
     assert error_condition(out[0]) == "forbidden"
     out = run_async(
-        muc.send(f"<message from='{CRONE}' to='{ROOM}/thirdwitch' type='chat'><body>x</body></message>")
+        muc.send(
+            f"<message from='{CRONE}' to='{ROOM}/thirdwitch' type='chat'><body>x</body></message>"
+        )
     )
     assert out[0].get("to") == HAG and out[0].get("type") == "chat"
 
@@ -227,7 +233,9 @@ def test_invitations_in_members_only_rooms(muc: Muc, run_async: Run) -> None:
             "<item affiliation='member' jid='wiccarocks@shakespeare.lit'/></query></iq>"
         )
     )
-    run_async(muc.configure(CRONE, "<field var='muc#roomconfig_membersonly'><value>1</value></field>"))
+    run_async(
+        muc.configure(CRONE, "<field var='muc#roomconfig_membersonly'><value>1</value></field>")
+    )
     invite = (
         "<message from='{frm}' to='" + ROOM + "'><x xmlns='" + USER + "'>"
         "<invite to='hecate@shakespeare.lit'/></x></message>"
@@ -260,9 +268,7 @@ def test_voice_request_and_approval(muc: Muc, run_async: Run) -> None:
     for f in form.iter("{jabber:x:data}field"):
         if f.get("var") == "muc#request_allow":
             f.find("{jabber:x:data}value").text = "true"  # type: ignore[union-attr]
-    approval = etree.fromstring(
-        f"<message xmlns='jabber:client' from='{CRONE}' to='{ROOM}'/>"
-    )
+    approval = etree.fromstring(f"<message xmlns='jabber:client' from='{CRONE}' to='{ROOM}'/>")
     approval.append(form)
     out = run_async(muc.send(approval))
     assert muc.service.rooms[ROOM].occupants["thirdwitch"].role == "participant"
@@ -311,10 +317,14 @@ def test_message_size_limit_is_a_setting(redis_client: object, run_async: Run) -
     small = Muc(redis_client, MucSettings(server_domain="localhost", max_message_chars=5))  # type: ignore[arg-type]
     run_async(small.create(CRONE, "firstwitch"))
     out = run_async(
-        small.send(f"<message from='{CRONE}' to='{ROOM}' type='groupchat'><body>123456</body></message>")
+        small.send(
+            f"<message from='{CRONE}' to='{ROOM}' type='groupchat'><body>123456</body></message>"
+        )
     )
     assert error_condition(out[0]) == "policy-violation"
     out = run_async(
-        small.send(f"<message from='{CRONE}' to='{ROOM}' type='groupchat'><body>12345</body></message>")
+        small.send(
+            f"<message from='{CRONE}' to='{ROOM}' type='groupchat'><body>12345</body></message>"
+        )
     )
     assert out[0].get("type") == "groupchat"

@@ -45,9 +45,7 @@ def test_configuration_form_has_every_common_field(muc: Muc, run_async: Run) -> 
     """§10.2: the owner gets the muc#roomconfig form with the room's values."""
     run_async(muc.join(CRONE, "firstwitch"))
     out = run_async(
-        muc.send(
-            f"<iq type='get' id='c1' from='{CRONE}' to='{ROOM}'><query xmlns='{OWNER}'/></iq>"
-        )
+        muc.send(f"<iq type='get' id='c1' from='{CRONE}' to='{ROOM}'><query xmlns='{OWNER}'/></iq>")
     )
     form = out[-1].find(f"{{{OWNER}}}query/{{{DATA}}}x")
     assert form is not None and form.get("type") == "form"
@@ -159,9 +157,7 @@ def test_configuration_change_notifies_occupants(muc: Muc, run_async: Run) -> No
     assert statuses(by_recipient(out)[HAG][0]) == {"104"}
 
 
-def test_cancelling_the_initial_configuration_destroys_the_room(
-    muc: Muc, run_async: Run
-) -> None:
+def test_cancelling_the_initial_configuration_destroys_the_room(muc: Muc, run_async: Run) -> None:
     """§10.1.3: cancel on a locked room destroys it."""
     run_async(muc.join(CRONE, "firstwitch"))
     out = run_async(
@@ -218,8 +214,14 @@ def test_service_discovery(muc: Muc, run_async: Run) -> None:
     )
     assert "http://jabber.org/protocol/muc" in features_of(q)
     run_async(muc.create(CRONE, "firstwitch", **{"muc#roomconfig_roomname": "A Dark Cave"}))
-    run_async(muc.create(CRONE, "firstwitch", room="hidden@conference.localhost",
-                         **{"muc#roomconfig_publicroom": "0"}))
+    run_async(
+        muc.create(
+            CRONE,
+            "firstwitch",
+            room="hidden@conference.localhost",
+            **{"muc#roomconfig_publicroom": "0"},
+        )
+    )
     run_async(muc.join(CRONE, "firstwitch", room="locked@conference.localhost"))
     out = run_async(
         muc.send(f"<iq type='get' id='s' from='{HAG}' to='{SERVICE}'><query xmlns='{ITEMS}'/></iq>")
@@ -244,7 +246,10 @@ def test_room_items_are_for_occupants(muc: Muc, run_async: Run) -> None:
 def test_self_ping(muc: Muc, run_async: Run) -> None:
     """XEP-0410: a self-ping is answered by the room while joined, not-acceptable after."""
     run_async(muc.create(CRONE, "firstwitch"))
-    ping = f"<iq type='get' id='p' from='{CRONE}' to='{ROOM}/firstwitch'><ping xmlns='urn:xmpp:ping'/></iq>"
+    ping = (
+        f"<iq type='get' id='p' from='{CRONE}' to='{ROOM}/firstwitch'>"
+        "<ping xmlns='urn:xmpp:ping'/></iq>"
+    )
     out = run_async(muc.send(ping))
     expect(out[-1], f"<iq type='result' id='p' from='{ROOM}/firstwitch' to='{CRONE}'/>")
     assert muc.forwarded == []

@@ -41,7 +41,9 @@ def test_joining_a_new_room_creates_it_locked(muc: Muc, run_async: Run) -> None:
             <status code='110'/><status code='201'/>
           </x>{OCC}</presence>""",
     )
-    expect(out[1], f"<message from='{ROOM}' to='{CRONE}' type='groupchat' id='*'><subject/></message>")
+    expect(
+        out[1], f"<message from='{ROOM}' to='{CRONE}' type='groupchat' id='*'><subject/></message>"
+    )
 
 
 def test_locked_room_refuses_others_until_configured(muc: Muc, run_async: Run) -> None:
@@ -68,7 +70,6 @@ def test_locked_room_refuses_others_until_configured(muc: Muc, run_async: Run) -
     expect(out[-1], f"<iq type='result' id='inst' from='{ROOM}' to='{CRONE}'/>")
     out = run_async(muc.join(HAG, "thirdwitch"))
     assert out[-2].get("from") == f"{ROOM}/thirdwitch" and "110" in statuses(out[-2])
-
 
 
 def test_entering_sends_occupants_then_self_then_history_then_subject(
@@ -158,9 +159,7 @@ def test_entry_refusals(muc: Muc, run_async: Run) -> None:
     run_async(muc.join(HAG, "thirdwitch", extra=pw))
     out = run_async(muc.join(WITCH, "secondwitch", extra=pw))
     assert error_condition(out[0]) == "service-unavailable"
-    out = run_async(
-        muc.send(f"<presence from='{WITCH}' to='{ROOM}'><x xmlns='{MUC}'/></presence>")
-    )
+    out = run_async(muc.send(f"<presence from='{WITCH}' to='{ROOM}'><x xmlns='{MUC}'/></presence>"))
     assert error_condition(out[0]) == "jid-malformed"
     # Ban the hag: she is removed, and cannot come back.
     run_async(
@@ -172,14 +171,14 @@ def test_entry_refusals(muc: Muc, run_async: Run) -> None:
     )
     out = run_async(muc.join(HAG, "thirdwitch", extra=pw))
     assert error_condition(out[0]) == "forbidden"
-    run_async(muc.configure(CRONE, "<field var='muc#roomconfig_membersonly'><value>1</value></field>"))
+    run_async(
+        muc.configure(CRONE, "<field var='muc#roomconfig_membersonly'><value>1</value></field>")
+    )
     out = run_async(muc.join(WITCH, "secondwitch", extra=pw))
     assert error_condition(out[0]) == "registration-required"
 
 
-def test_presence_without_muc_extension_from_a_stranger_is_a_kick(
-    muc: Muc, run_async: Run
-) -> None:
+def test_presence_without_muc_extension_from_a_stranger_is_a_kick(muc: Muc, run_async: Run) -> None:
     """§7.2.1 (1.32+): presence without <x/> from a non-occupant gets 110, 307 and 333."""
     run_async(muc.create(CRONE, "firstwitch"))
     out = run_async(muc.send(f"<presence from='{HAG}' to='{ROOM}/thirdwitch'/>"))
@@ -306,9 +305,7 @@ def test_several_sessions_share_one_nick(muc: Muc, run_async: Run) -> None:
     )
     assert sorted(by_recipient(out)) == sorted([CRONE, HAG, other])
     # One session leaves: the others see no unavailable presence.
-    out = run_async(
-        muc.send(f"<presence from='{HAG}' to='{ROOM}/thirdwitch' type='unavailable'/>")
-    )
+    out = run_async(muc.send(f"<presence from='{HAG}' to='{ROOM}/thirdwitch' type='unavailable'/>"))
     assert all(e.get("type") != "unavailable" for e in by_recipient(out).get(CRONE, []))
     out = run_async(
         muc.send(f"<presence from='{other}' to='{ROOM}/thirdwitch' type='unavailable'/>")
@@ -338,9 +335,7 @@ def test_history_limits_on_entry(muc: Muc, run_async: Run) -> None:
 
     def history(extra: str) -> list[str]:
         out = run_async(muc.join(HAG, "thirdwitch", extra=extra))
-        run_async(
-            muc.send(f"<presence from='{HAG}' to='{ROOM}/thirdwitch' type='unavailable'/>")
-        )
+        run_async(muc.send(f"<presence from='{HAG}' to='{ROOM}/thirdwitch' type='unavailable'/>"))
         return [
             e.get("id", "")
             for e in out
@@ -353,9 +348,7 @@ def test_history_limits_on_entry(muc: Muc, run_async: Run) -> None:
     assert history("<history maxchars='0'/>") == []
     assert history("<history seconds='20'/>") == ["h3", "h4"]
     assert history("<history since='2023-11-14T22:13:40Z'/>") == ["h2", "h3", "h4"]
-    one = len(
-        etree.tostring(run_async(muc.join(HAG, "thirdwitch"))[-2], encoding="unicode")
-    )
+    one = len(etree.tostring(run_async(muc.join(HAG, "thirdwitch"))[-2], encoding="unicode"))
     run_async(muc.send(f"<presence from='{HAG}' to='{ROOM}/thirdwitch' type='unavailable'/>"))
     assert history(f"<history maxchars='{one * 2 + 1}'/>") == ["h3", "h4"]
 

@@ -23,9 +23,7 @@ def _populated(muc: Muc, run_async: Run) -> None:
     run_async(muc.create(CRONE, "firstwitch", **{"muc#roomconfig_roomname": "Cave"}))
     run_async(muc.join(HAG, "thirdwitch", extra=""))
     run_async(
-        muc.send(
-            f"<presence from='{HAG}' to='{ROOM}/thirdwitch'><show>away</show></presence>"
-        )
+        muc.send(f"<presence from='{HAG}' to='{ROOM}/thirdwitch'><show>away</show></presence>")
     )
     run_async(
         muc.send(
@@ -80,8 +78,7 @@ def test_another_instance_carries_the_room_on(
     other = Muc(redis_client)
     out = run_async(
         other.send(
-            f"<message from='{HAG}' to='{ROOM}' type='groupchat' id='m2'><body>two</body>"
-            "</message>"
+            f"<message from='{HAG}' to='{ROOM}' type='groupchat' id='m2'><body>two</body></message>"
         )
     )
     assert sorted(by_recipient(out)) == sorted([CRONE, HAG])
@@ -144,9 +141,11 @@ def test_an_unreadable_room_is_removed_with_status_333(
     lost = [p for p in out if p.get("type") == "unavailable"]
     assert sorted(p.get("to") for p in lost) == sorted([CRONE, HAG])
     assert all(statuses(p) == {"110", "333"} for p in lost)
-    # The join then created a new room.
+    # The join then created a new room; the unreadable state is kept aside.
     assert "201" in statuses(out[-2])
     assert run_async(redis_client.hlen(occupants_key(ROOM))) == 1
+    kept = run_async(redis_client.keys(b"muc:room:{" + ROOM.encode() + b"}:corrupt:*"))
+    assert len(kept) == 1
 
 
 def test_settings_come_from_the_environment() -> None:

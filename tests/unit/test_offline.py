@@ -155,3 +155,19 @@ def test_disco_advertises_msgoffline(redis_client: Any, run_async: Any) -> None:
         assert {"msgoffline", "jabber:iq:last"} <= features
 
     run_im(run_async, redis_client, scenario)
+
+
+def test_store_cap_and_take(redis_client: Any, run_async: Any) -> None:
+    """The offline store appends up to the cap, then refuses; taking returns everything,
+    oldest first, and leaves nothing behind."""
+
+    async def scenario() -> None:
+        store = OfflineStore(redis_client)
+        assert await store.push(J, b"<m1/>", 2)
+        assert await store.push(J, b"<m2/>", 2)
+        assert not await store.push(J, b"<m3/>", 2)
+        assert await store.take(J) == [b"<m1/>", b"<m2/>"]
+        assert await store.take(J) == []
+        assert await store.count(J) == 0
+
+    run_async(scenario())

@@ -395,3 +395,23 @@ def test_presence_out_blocked_then_allowed(redis_client: Any, run_async: Any) ->
         assert_stanzas(b.take(), f"<presence from='{A}/a' to='{B}'><show>away</show></presence>")
 
     run_im(run_async, redis_client, scenario)
+
+
+def test_lists_that_cannot_be_loaded_refuse(redis_client: Any, run_async: Any) -> None:
+    """When an account's lists cannot be read, nothing passes unchecked: the stanza is
+    answered with internal-server-error (and the failure logged)."""
+
+    async def scenario(im: Im) -> None:
+        await im.accounts("alice", "bob")
+        b = await im.login(f"{B}/pc")
+        b.take()
+
+        async def broken(bare: str) -> Any:
+            raise ConnectionError("Redis went away")
+
+        im.core.privacy.cache.forget(A)
+        im.core.privacy.cache.get = broken
+        await send(im, b, f"<message to='{A}' id='m1'><body>x</body></message>")
+        assert [(m.get("id"), condition(m)) for m in b.take()] == [("m1", "internal-server-error")]
+
+    run_im(run_async, redis_client, scenario)
