@@ -284,6 +284,17 @@ def _role_for(room: Room, affiliation: str) -> str:
     return "visitor" if room.config.moderated else "participant"
 
 
+def announce_affiliation(room: Room, bare: str) -> Out:
+    """The presence of ``bare``'s occupants after their affiliation changed, with the role
+    that follows from it (§9.3, §9.4)."""
+    out: Out = []
+    for occupant in room.occupants_of_bare(bare):
+        occupant.role = _role_for(room, room.affiliation(bare))
+        room.touch_occupant(occupant)
+        out.extend(_announce(room, occupant, None, None))
+    return out
+
+
 def members_only_sweep(room: Room) -> Out:
     """§10.2: when a room becomes members-only, occupants without membership are removed
     with status 322."""

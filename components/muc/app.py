@@ -10,8 +10,6 @@ finish, the link closes, the core hands its rooms to the other instances).
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -19,7 +17,7 @@ import redis.asyncio as aioredis
 from components.muc.env import Env
 from components.muc.handlers import MucDispatcher, build_module
 from components.muc.service import MucService
-from components.muc.settings import MucSettings, settings_from_env
+from components.muc.settings import MucSettings, settings_from_config
 from components.muc.store import RoomStore
 from core.runtime.config import Config, effective_redis_url
 from core.runtime.redis import connect, redact_url, wait_ready
@@ -61,14 +59,13 @@ def run_muc(
     config: Config,
     *,
     instance: str | None = None,
-    env: Mapping[str, str] = os.environ,
     name: str = COMPONENT,
 ) -> int:
     """Run one MUC instance until SIGTERM/SIGINT; returns the exit code. The asyncio reactor
     must be installed first (``core.runtime.reactor.install``)."""
     from core.runtime.component import run_component
 
-    settings = settings_from_env(env, server_domain=config.domain)
+    settings = settings_from_config(config)
     url = effective_redis_url(config)
     redis = connect(url)
     kwargs: dict[str, Any] = {}

@@ -13,6 +13,7 @@ from components.muc.names import (
     NS_MUC_STABLE_ID,
     NS_OCCUPANT_ID,
 )
+from components.muc.register import NS_REGISTER
 from core.xmpp.ns import (
     NS_DISCO_INFO,
     NS_DISCO_ITEMS,
@@ -36,6 +37,7 @@ ROOM_FEATURES = (
     NS_MUC_STABLE_ID,
     NS_OCCUPANT_ID,
     NS_PING,
+    NS_REGISTER,
 )
 
 
@@ -60,11 +62,6 @@ def service_items(rooms: list[tuple[str, str]]) -> Element:
     for jid, name in rooms:
         etree.SubElement(q, qn(NS_DISCO_ITEMS, "item"), jid=jid, name=name)
     return q
-
-
-def listed(room: Room) -> bool:
-    """§6.3: public rooms are listed; hidden and locked ones are not."""
-    return room.config.public and not room.locked
 
 
 def display_name(room: Room) -> str:

@@ -14,6 +14,7 @@ from lxml import etree
 
 from components.muc import disco
 from components.muc.names import QN_ADMIN_QUERY, QN_OWNER_QUERY
+from components.muc.register import QN_REGISTER_QUERY
 from components.muc.service import MucService
 from core.xmpp.errors import StanzaError
 from core.xmpp.module import Dispatcher, Identity, IqContext, IqHandler, Module, Target
@@ -120,6 +121,18 @@ def build_module(service: Callable[[], MucService], name: str = "Chatrooms") -> 
         """§10.1.2, §10.1.3, §10.2, §10.9: configure, cancel, destroy."""
         _to_room(ctx)
         await service().owner_set(ctx.sender, ctx.to, ctx.payload)
+
+    @module.iq("get", QN_REGISTER_QUERY, to="entity")
+    async def register_get(ctx: IqContext) -> Element:
+        """§7.10: the registration form, or the nick registered."""
+        _to_room(ctx)
+        return await service().register_get(ctx.sender, ctx.to)
+
+    @module.iq("set", QN_REGISTER_QUERY, to="entity")
+    async def register_set(ctx: IqContext) -> None:
+        """§7.10: register with the room (membership with a reserved nick)."""
+        _to_room(ctx)
+        await service().register_set(ctx.sender, ctx.to, ctx.payload)
 
     return module
 

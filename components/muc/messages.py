@@ -38,6 +38,7 @@ QN_NO_PERMANENT_STORE = qn(NS_HINTS, "no-permanent-store")
 QN_INVITE = qn(NS_MUC_USER, "invite")
 QN_DECLINE = qn(NS_MUC_USER, "decline")
 QN_REASON = qn(NS_MUC_USER, "reason")
+QN_CONTINUE = qn(NS_MUC_USER, "continue")
 
 
 def _check_size(msg: Element, env: Env) -> None:
@@ -196,10 +197,10 @@ def invite(room: Room, x: Element, sender: str, env: Env) -> Out:
             parsed = parse_jid(to or "")
         except JIDError:
             raise Refused("bad-request", "An invitation needs a valid 'to' address") from None
-        invites.append((str(parsed), inv.findtext(QN_REASON)))
+        invites.append((str(parsed), inv.findtext(QN_REASON), inv.find(QN_CONTINUE)))
     inviter_rank = AFFILIATION_RANK[room.affiliation(occupant.bare)]
     out: Out = []
-    for invitee, reason in invites:
+    for invitee, reason, continued in invites:
         bare = str(parse_jid(invitee).bare)
         if (
             room.config.members_only
@@ -213,6 +214,9 @@ def invite(room: Room, x: Element, sender: str, env: Env) -> Out:
         el.set("from", sender)
         if reason:
             etree.SubElement(el, QN_REASON).text = reason
+        if continued is not None:
+            # §7.9: a one-to-one chat continued in the room keeps its thread.
+            el.append(copy.deepcopy(continued))
         if room.config.password_protected:
             etree.SubElement(ux, qn(NS_MUC_USER, "password")).text = room.config.password
         body = f"{sender} invites you to the room {room.jid}"

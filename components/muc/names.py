@@ -1,8 +1,8 @@
 """Namespaces and status codes of Multi-User Chat (XEP-0045) and the extensions the MUC
-service speaks: XEP-0004 data forms, XEP-0203 delayed delivery, XEP-0249 direct invitations,
-XEP-0410 self-ping and XEP-0421 occupant ids. Names are Clark notation, as lxml uses them."""
+service speaks: XEP-0004 data forms, XEP-0203 delayed delivery, XEP-0410 self-ping and
+XEP-0421 occupant ids. Names are Clark notation, as lxml uses them."""
 
-from core.xmpp.ns import NS_DATA, NS_DELAY, NS_MUC, NS_PING, qn
+from core.xmpp.ns import NS_DATA, NS_DELAY, NS_MUC, qn
 
 NS_MUC_USER = f"{NS_MUC}#user"
 NS_MUC_ADMIN = f"{NS_MUC}#admin"
@@ -15,7 +15,6 @@ NS_MUC_STABLE_ID = f"{NS_MUC}#stable_id"
 # XEP-0410 §3.2: the service answers a self-ping itself instead of forwarding it.
 NS_MUC_SELF_PING = f"{NS_MUC}#self-ping-optimization"
 NS_OCCUPANT_ID = "urn:xmpp:occupant-id:0"
-NS_CONFERENCE = "jabber:x:conference"
 
 QN_X_MUC = qn(NS_MUC, "x")
 QN_X_USER = qn(NS_MUC_USER, "x")
@@ -24,7 +23,6 @@ QN_OWNER_QUERY = qn(NS_MUC_OWNER, "query")
 QN_OCCUPANT_ID = qn(NS_OCCUPANT_ID, "occupant-id")
 QN_X_DATA = qn(NS_DATA, "x")
 QN_DELAY = qn(NS_DELAY, "delay")
-QN_PING = qn(NS_PING, "ping")
 
 # XEP-0045 §15.6 (status codes registry), by meaning.
 STATUS_NON_ANONYMOUS = "100"

@@ -20,7 +20,7 @@ from typing import Any
 
 from lxml import etree
 
-from components.muc import admin, disco, join, messages, occupants, owner
+from components.muc import admin, disco, join, messages, occupants, owner, register
 from components.muc.env import Env, Out
 from components.muc.errors import Refused
 from components.muc.model import CorruptRoom, Occupant, Room
@@ -29,7 +29,7 @@ from components.muc.stanzas import add_item, add_statuses, join_error, muc_user
 from components.muc.store import RoomStore, StaleRoom, occupants_key
 from core.xmpp.errors import StanzaError
 from core.xmpp.jid import JID, JIDError, parse_jid
-from core.xmpp.ns import NS_CLIENT, NS_VCARD, QN_IQ, QN_PRESENCE, qn
+from core.xmpp.ns import NS_CLIENT, NS_VCARD, QN_IQ, QN_PING, QN_PRESENCE, qn
 from core.xmpp.stanza import error_reply, make, new_id, payload_of
 
 log = logging.getLogger(__name__)
@@ -363,6 +363,12 @@ class MucService:
             to, lambda room: owner.owner_set(room, str(sender.bare), query, self.env)
         )
 
+    async def register_get(self, sender: JID, to: JID) -> Element:
+        return await self.room_iq(to, lambda room: register.register_get(room, str(sender.bare)))
+
+    async def register_set(self, sender: JID, to: JID, query: Element) -> None:
+        await self.room_iq(to, lambda room: register.register_set(room, str(sender.bare), query))
+
     async def room_info(self, sender: JID, to: JID, node: str | None) -> Element:
         return await self.room_iq(to, lambda room: disco.room_info(room, str(sender.bare), node))
 
@@ -387,8 +393,8 @@ class MucService:
     async def occupant_iq(self, iq: Element, sender: JID, to: JID) -> Element | None:
         """An IQ to an occupant JID. XEP-0410 §3.2: a self-ping is answered by the room
         (a result while joined as that nick, else not-acceptable); other IQs go to the
-        occupant's real JID from the sender's occupant JID (§7.5 of XEP-0045, applied to IQs)
-        and the answer comes back the same way."""
+        occupant's real JID from the sender's occupant JID (XEP-0045 §7.5 applied to IQs, as
+        Prosody and ejabberd do) and the answer comes back the same way."""
         full = str(sender)
         nick = to.resource or ""
         payload = payload_of(iq)
@@ -398,11 +404,7 @@ class MucService:
             me = room.occupant_of(full)
             if me is None:
                 raise Refused("not-occupant")
-            if (
-                me.nick == nick
-                and payload is not None
-                and payload.tag == qn("urn:xmpp:ping", "ping")
-            ):
+            if me.nick == nick and payload is not None and payload.tag == QN_PING:
                 return None
             other = room.occupants.get(nick)
             if other is None:
@@ -417,8 +419,8 @@ class MucService:
             raise StanzaError("service-unavailable")
         my_nick, real = target[0]
         if payload is not None and payload.tag == QN_VCARD:
-            # XEP-0054 / XEP-0045 §7.x: vCards belong to accounts; the occupant's server
-            # answers for its bare JID, whatever the client.
+            # XEP-0054 §3.2: a vCard belongs to the account, and the occupant's server
+            # answers for its bare JID whatever client is connected.
             real = str(parse_jid(real).bare)
         forwarded = copy.deepcopy(iq)
         forwarded.set("from", f"{to.bare}/{my_nick}")

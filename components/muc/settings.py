@@ -1,19 +1,19 @@
 """Service-wide limits and defaults of the MUC service (XEP-0045 §17: security considerations,
 limits on rooms, occupants, messages and history).
 
-Read from the environment, as containers configure everything: ``SWITCHBOARD_MUC_<NAME>``
-(``SWITCHBOARD_MUC_MAX_OCCUPANTS=500``). The component's own address, secret and instance mode
-come from ``[components.muc]`` of the main configuration.
+Set in the ``[muc]`` section of ``switchboard.toml`` or, as for every key, by environment
+variable (``SWITCHBOARD_MUC_MAX_OCCUPANTS=500``). The component's own address, secret and
+instance mode come from ``[components.muc]``.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from core.runtime.config import MUC_CREATORS as CREATORS
+from core.runtime.config import Config, MucConfig
+
 ENV_PREFIX = "SWITCHBOARD_MUC_"
-CREATORS = ("anyone", "local", "nobody")
 
 
 class SettingsError(ValueError):
@@ -59,26 +59,11 @@ class MucSettings:
         self.default_history = min(self.default_history, self.max_history)
 
 
-def settings_from_env(env: Mapping[str, str] = os.environ, **defaults: object) -> MucSettings:
-    """Settings from ``SWITCHBOARD_MUC_*`` over ``defaults``; raises SettingsError."""
-    settings = MucSettings(**defaults)  # type: ignore[arg-type]
-    for f in fields(MucSettings):
-        raw = env.get(f"{ENV_PREFIX}{f.name.upper()}")
-        if raw is None:
-            continue
-        current = getattr(settings, f.name)
-        try:
-            value: object
-            if isinstance(current, bool):
-                if raw.strip().lower() not in ("true", "1", "yes", "false", "0", "no"):
-                    raise ValueError(raw)
-                value = raw.strip().lower() in ("true", "1", "yes")
-            elif isinstance(current, int):
-                value = int(raw)
-            else:
-                value = raw.strip()
-        except ValueError:
-            raise SettingsError(f"{ENV_PREFIX}{f.name.upper()}: cannot use {raw!r}") from None
-        setattr(settings, f.name, value)
+def settings_from_config(config: Config) -> MucSettings:
+    """The service settings from the ``[muc]`` section (validated by the config loader)."""
+    settings = MucSettings(
+        server_domain=config.domain,
+        **{f.name: getattr(config.muc, f.name) for f in fields(MucConfig)},
+    )
     settings.validate()
     return settings

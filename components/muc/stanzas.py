@@ -20,7 +20,7 @@ from components.muc.names import (
     QN_X_USER,
 )
 from core.xmpp.errors import StanzaError
-from core.xmpp.ns import NS_CLIENT, NS_DELAY, NS_MUC, QN_DELAY, QN_PRESENCE, qn
+from core.xmpp.ns import NS_CLIENT, NS_DELAY, NS_MUC, QN_DELAY, qn
 from core.xmpp.stanza import make, new_id
 
 Element = etree._Element
@@ -28,8 +28,6 @@ Element = etree._Element
 QN_STATUS = qn(NS_CLIENT, "status")
 QN_BODY = qn(NS_CLIENT, "body")
 QN_SUBJECT = qn(NS_CLIENT, "subject")
-QN_THREAD = qn(NS_CLIENT, "thread")
-QN_ERROR = qn(NS_CLIENT, "error")
 
 # Children a client may not set itself on what the room relays: the room adds its own.
 _ROOM_OWNED = (QN_X_MUC, QN_X_USER, QN_OCCUPANT_ID, QN_DELAY)
@@ -217,12 +215,3 @@ def join_error(presence: Element, error: StanzaError) -> Element:
                 echo.append(etree.fromstring(etree.tostring(child)))
     reply.append(error.to_element(NS_CLIENT))
     return reply
-
-
-def is_presence(stanza: Element) -> bool:
-    return stanza.tag == QN_PRESENCE
-
-
-def text_of(stanza: Element, qname: str) -> str | None:
-    el = stanza.find(qname)
-    return None if el is None else (el.text or "")

@@ -153,6 +153,25 @@ class OfflineConfig:
 
 
 @dataclass
+class MucConfig:
+    """Limits of the MUC service (XEP-0045 §17), read by ``switchboard muc``; the component's
+    address, secret and instance mode are in ``[components.muc]``."""
+
+    max_rooms_per_user: int = 100  # rooms one bare JID may own at once; 0: no limit
+    max_occupants: int = 200  # per room; a room's own maxusers may only lower it
+    default_max_occupants: int = 50  # maxusers of a new room
+    max_message_chars: int = 10000  # characters of a body or subject
+    max_history: int = 100  # messages kept per room
+    default_history: int = 20  # history length of a new room
+    creators: str = "anyone"  # who may create rooms: anyone, local or nobody
+    persistent_by_default: bool = False
+    max_listed_rooms: int = 1000  # rooms listed in service discovery at most
+
+
+MUC_CREATORS = ("anyone", "local", "nobody")
+
+
+@dataclass
 class ContactConfig:
     """XEP-0157 contact addresses, advertised in the server's disco#info (XEP-0128); each
     key is a list of URIs such as ``mailto:xmpp@example.com`` or ``xmpp:admin@example.com``."""
@@ -183,6 +202,7 @@ class Config:
     contact: ContactConfig = field(default_factory=ContactConfig)
     roster: RosterConfig = field(default_factory=RosterConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)
+    muc: MucConfig = field(default_factory=MucConfig)
 
 
 # Section name -> dataclass. ``components`` is a table of tables and handled on its own.
@@ -198,6 +218,7 @@ SECTIONS: dict[str, type] = {
     "contact": ContactConfig,
     "roster": RosterConfig,
     "offline": OfflineConfig,
+    "muc": MucConfig,
 }
 TOP_LEVEL_KEYS = ("domain", "node_id", "data_dir")
 COMPONENT_KEYS = tuple(f.name for f in fields(ComponentConfig))
@@ -525,6 +546,13 @@ class _Loader:
             ("roster.max_group_length", config.roster.max_group_length, 1, ""),
             ("roster.max_groups", config.roster.max_groups, 0, ""),
             ("offline.max_messages", config.offline.max_messages, 0, ""),
+            ("muc.max_rooms_per_user", config.muc.max_rooms_per_user, 0, ""),
+            ("muc.max_occupants", config.muc.max_occupants, 1, ""),
+            ("muc.default_max_occupants", config.muc.default_max_occupants, 1, ""),
+            ("muc.max_message_chars", config.muc.max_message_chars, 1, ""),
+            ("muc.max_history", config.muc.max_history, 0, ""),
+            ("muc.default_history", config.muc.default_history, 0, ""),
+            ("muc.max_listed_rooms", config.muc.max_listed_rooms, 0, ""),
             ("auth.failure_delay", config.auth.failure_delay, 0, ""),
             ("component_listener.grace_period", config.component_listener.grace_period, 0, ""),
             (
@@ -540,6 +568,11 @@ class _Loader:
             if value < minimum:
                 because = f" ({why})" if why else ""
                 self.problems.append(f"{label}: must be at least {minimum:g}{because}, got {value}")
+        if config.muc.creators not in MUC_CREATORS:
+            self.problems.append(
+                f"muc.creators: expected one of {', '.join(MUC_CREATORS)}, "
+                f"got {config.muc.creators!r}"
+            )
         for label, value in (
             ("c2s.negotiation_timeout", config.c2s.negotiation_timeout),
             ("c2s.idle_timeout", config.c2s.idle_timeout),

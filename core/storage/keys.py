@@ -61,6 +61,11 @@ key                                type    contents
 
 Add new keys here, and add durable per-account keys to ``per_account_keys`` so that deleting an
 account deletes them too.
+
+Component processes may not import this module (they reach the core only through core.xmpp
+and core.runtime), so they name their own keys in one module each, listed here:
+``components/muc/store.py`` owns every ``muc:*`` key (rooms, occupants, affiliations,
+history, indexes), each room's keys tagged with the room JID.
 """
 
 from __future__ import annotations

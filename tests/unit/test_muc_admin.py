@@ -276,3 +276,46 @@ def test_set_with_several_items_is_all_or_nothing(muc: Muc, run_async: Run) -> N
     )
     assert error_condition(out[-1]) == "bad-request"
     assert muc.service.rooms[ROOM].affiliation("hag66@shakespeare.lit") == "none"
+
+
+def test_revoking_moderator_and_admin(muc: Muc, run_async: Run) -> None:
+    """§9.7: an admin revokes a granted moderator (back to participant); §10.7: an owner
+    revokes an admin, whose role follows (participant) and whom the room announces."""
+    _room(muc, run_async)
+    admin_set(muc, run_async, CRONE, "<item nick='thirdwitch' role='moderator'/>")
+    out = admin_set(muc, run_async, CRONE, "<item nick='thirdwitch' role='participant'/>")
+    item = by_recipient(out)[WITCH][0].find(f"{{{USER}}}x/{{{USER}}}item")
+    assert item is not None and item.get("role") == "participant"
+    admin_set(muc, run_async, CRONE, "<item affiliation='admin' jid='wiccarocks@shakespeare.lit'/>")
+    # An admin's moderator role cannot be taken while they are admin (not-allowed).
+    out = admin_set(muc, run_async, CRONE, "<item nick='secondwitch' role='participant'/>")
+    assert error_condition(out[-1]) == "not-allowed"
+    out = admin_set(
+        muc, run_async, CRONE, "<item affiliation='none' jid='wiccarocks@shakespeare.lit'/>"
+    )
+    item = by_recipient(out)[HAG][0].find(f"{{{USER}}}x/{{{USER}}}item")
+    assert item is not None
+    assert (item.get("affiliation"), item.get("role")) == ("none", "participant")
+
+
+def test_members_see_the_member_list_of_a_members_only_room(muc: Muc, run_async: Run) -> None:
+    """§7.11: in a members-only room a member may retrieve the member list."""
+    _room(muc, run_async)
+    admin_set(
+        muc,
+        run_async,
+        CRONE,
+        "<item affiliation='member' jid='hag66@shakespeare.lit'/>"
+        "<item affiliation='member' jid='wiccarocks@shakespeare.lit'/>",
+    )
+    assert error_condition(admin_get(muc, run_async, HAG, "<item affiliation='member'/>")) == (
+        "forbidden"
+    )
+    run_async(
+        muc.configure(CRONE, "<field var='muc#roomconfig_membersonly'><value>1</value></field>")
+    )
+    members = admin_get(muc, run_async, HAG, "<item affiliation='member'/>")
+    assert [i.get("jid") for i in members.iter(f"{{{ADMIN}}}item")] == [
+        "hag66@shakespeare.lit",
+        "wiccarocks@shakespeare.lit",
+    ]

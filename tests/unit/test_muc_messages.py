@@ -328,3 +328,19 @@ def test_message_size_limit_is_a_setting(redis_client: object, run_async: Run) -
         )
     )
     assert out[0].get("type") == "groupchat"
+
+
+def test_invitation_continues_a_one_to_one_chat(muc: Muc, run_async: Run) -> None:
+    """§7.9: an invitation with <continue/> keeps its thread for the invitee."""
+    _room(muc, run_async)
+    out = run_async(
+        muc.send(
+            f"<message from='{CRONE}' to='{ROOM}'><x xmlns='{USER}'>"
+            "<invite to='hecate@shakespeare.lit'>"
+            "<continue thread='e0ffe42b28561960c6b12b944a092794b9683a38'/>"
+            "</invite></x></message>"
+        )
+    )
+    cont = out[0].find(f"{{{USER}}}x/{{{USER}}}invite/{{{USER}}}continue")
+    assert cont is not None
+    assert cont.get("thread") == "e0ffe42b28561960c6b12b944a092794b9683a38"

@@ -408,3 +408,43 @@ def test_rejoin_resends_the_room_state(muc: Muc, run_async: Run) -> None:
         ROOM,
     ]
     assert len(muc.service.rooms[ROOM].occupants) == 2
+
+
+REGISTER = "jabber:iq:register"
+
+
+def test_registering_reserves_a_nick(muc: Muc, run_async: Run) -> None:
+    """§7.10: the room offers the muc#register form; submitting it makes the user a member
+    with that nick reserved; asking again shows the registration; a taken nick conflicts."""
+    run_async(muc.create(CRONE, "firstwitch"))
+    run_async(muc.join(HAG, "thirdwitch"))
+    get = f"<iq type='get' id='r1' from='{HAG}' to='{ROOM}'><query xmlns='{REGISTER}'/></iq>"
+    out = run_async(muc.send(get))
+    field = out[-1].find(
+        f"{{{REGISTER}}}query/{{jabber:x:data}}x/{{jabber:x:data}}field[@var='muc#register_roomnick']"
+    )
+    assert field is not None
+
+    def submit(frm: str, nick: str) -> etree._Element:
+        return run_async(
+            muc.send(
+                f"<iq type='set' id='r2' from='{frm}' to='{ROOM}'><query xmlns='{REGISTER}'>"
+                "<x xmlns='jabber:x:data' type='submit'>"
+                "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value>"
+                f"</field><field var='muc#register_roomnick'><value>{nick}</value></field>"
+                "</x></query></iq>"
+            )
+        )
+
+    out = submit(HAG, "thirdwitch")
+    assert out[-1].get("type") == "result"
+    # The occupant's presence now shows the membership.
+    item = by_recipient(out)[CRONE][0].find(f"{{{USER}}}x/{{{USER}}}item")
+    assert item is not None and item.get("affiliation") == "member"
+    out = run_async(muc.send(get))
+    expect(
+        out[-1],
+        f"""<iq type='result' id='r1' from='{ROOM}' to='{HAG}'><query xmlns='{REGISTER}'>
+          <registered/><username>thirdwitch</username></query></iq>""",
+    )
+    assert error_condition(submit(WITCH, "thirdwitch")[-1]) == "conflict"

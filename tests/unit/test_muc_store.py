@@ -8,8 +8,9 @@ import pytest
 import redis.asyncio
 
 from components.muc.model import Room
-from components.muc.settings import SettingsError, settings_from_env
+from components.muc.settings import settings_from_config
 from components.muc.store import RoomStore, StaleRoom, occupants_key, room_key
+from core.runtime.config import ConfigError, load_config
 from tests.unit.test_muc_transcript import ROOM, SERVICE, Muc, Run, by_recipient, muc, statuses
 
 __all__ = ["muc"]
@@ -148,14 +149,20 @@ def test_an_unreadable_room_is_removed_with_status_333(
     assert len(kept) == 1
 
 
-def test_settings_come_from_the_environment() -> None:
-    """SWITCHBOARD_MUC_* variables set the limits; bad values are refused with the name."""
-    s = settings_from_env(
-        {"SWITCHBOARD_MUC_MAX_OCCUPANTS": "500", "SWITCHBOARD_MUC_CREATORS": "local"},
-        server_domain="example.com",
+def test_settings_come_from_the_config_and_environment() -> None:
+    """[muc] keys, overridden by SWITCHBOARD_MUC_* variables, set the service limits; bad
+    values are reported by the config loader with the key's name."""
+    config = load_config(
+        None,
+        env={
+            "SWITCHBOARD_DOMAIN": "example.com",
+            "SWITCHBOARD_MUC_MAX_OCCUPANTS": "500",
+            "SWITCHBOARD_MUC_CREATORS": "local",
+        },
     )
+    s = settings_from_config(config)
     assert (s.max_occupants, s.creators, s.server_domain) == (500, "local", "example.com")
-    with pytest.raises(SettingsError, match="SWITCHBOARD_MUC_MAX_HISTORY"):
-        settings_from_env({"SWITCHBOARD_MUC_MAX_HISTORY": "lots"})
-    with pytest.raises(SettingsError, match="CREATORS"):
-        settings_from_env({"SWITCHBOARD_MUC_CREATORS": "admins"})
+    with pytest.raises(ConfigError, match="SWITCHBOARD_MUC_MAX_HISTORY"):
+        load_config(None, env={"SWITCHBOARD_MUC_MAX_HISTORY": "lots"})
+    with pytest.raises(ConfigError, match=r"muc\.creators"):
+        load_config(None, env={"SWITCHBOARD_MUC_CREATORS": "admins"})
