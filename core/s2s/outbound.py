@@ -337,12 +337,14 @@ class S2SOutbound(S2SStream):
         self.link.stream_closed(self, self.close_reason)
 
     def peer_stream_error(self, el: Element) -> None:
+        text = stream_error_text(el)
         log.warning(
             "s2s out %s -> %s: stream error from the peer: %s",
             self.link.local,
             self.link.remote,
-            stream_error_text(el),
+            text,
         )
+        self.link.stream_closed(self, f"stream error from {self.link.remote}: {text}")
 
     def _fail(self, condition: str, reason: str, *, bounce: str | None = None) -> None:
         self.close_reason = reason

@@ -206,9 +206,3 @@ class S2SService:
     def own_cert_fits(self, domain: str) -> bool:
         """Whether our certificate names ``domain``, so that SASL EXTERNAL can work for it."""
         return self._own_cert is not None and identity_matches(self._own_cert, domain)
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "outgoing": sorted(f"{a}->{b}" for (a, b), link in self.links.items() if link.ready),
-            "incoming": sorted({d for s in self.inbound for d in s.authenticated}),
-        }

@@ -141,9 +141,10 @@ def _element(
     if dtype == "error":
         cond = condition if condition in STANZA_CONDITIONS else "undefined-condition"
         # §2.4: the <error/> child is in the stream's content namespace, jabber:server.
-        err = etree.SubElement(el, qn(NS_SERVER, "error"), nsmap={None: NS_SERVER})
+        default = {None: NS_SERVER}
+        err = etree.SubElement(el, qn(NS_SERVER, "error"), nsmap=default)  # type: ignore[arg-type]
         err.set("type", STANZA_CONDITIONS[cond])
-        etree.SubElement(err, qn(NS_STANZAS, cond), nsmap={None: NS_STANZAS})
+        etree.SubElement(err, qn(NS_STANZAS, cond), nsmap={None: NS_STANZAS})  # type: ignore[dict-item]
     elif dtype is None and key:
         el.text = key
     return el
@@ -151,7 +152,7 @@ def _element(
 
 def feature() -> Element:
     """The stream feature that announces dialback with error handling (XEP-0220 §2.4.2)."""
-    el = etree.Element(QN_DIALBACK_FEATURE, nsmap={None: NS_DIALBACK_FEATURE})
+    el = etree.Element(QN_DIALBACK_FEATURE, nsmap={None: NS_DIALBACK_FEATURE})  # type: ignore[dict-item]
     etree.SubElement(el, qn(NS_DIALBACK_FEATURE, "errors"))
     return el
 

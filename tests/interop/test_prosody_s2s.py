@@ -166,8 +166,8 @@ def test_links_use_the_expected_authentication(fed: Federation) -> None:
 
 
 def test_subscriptions_and_presence_both_ways(fed: Federation) -> None:
-    """Juliet and Romeo subscribe to each other across servers and see each other's
-    presence, including going offline (RFC 6121 §3, §4 with a remote contact)."""
+    """Tybalt and Romeo subscribe to each other across servers, see each other's presence
+    change and go offline, and each server answers the other's probes (RFC 6121 §3, §4)."""
 
     async def run() -> None:
         async with sb_client(fed, "tybalt") as tybalt, pr_client(fed, "romeo") as romeo:
@@ -206,7 +206,24 @@ def test_subscriptions_and_presence_both_ways(fed: Federation) -> None:
             tybalt.send_presence(ptype="unavailable")
             await next_presence(romeo, tyb, "unavailable")
 
+    async def probes() -> None:
+        # RFC 6121 §4.3: a new session's initial presence makes its server probe the contacts
+        # over s2s; the other server answers with their current presence.
+        tyb, rom = f"tybalt@{SB}", f"romeo@{PR}"
+        async with pr_client(fed, "romeo") as romeo:
+            async with sb_client(fed, "tybalt") as tybalt:
+                # Tybalt's server probed Romeo; Prosody answered.
+                await next_presence(tybalt, rom, "available")
+                await next_presence(romeo, tyb, "available")
+            await next_presence(romeo, tyb, "unavailable")
+        async with sb_client(fed, "tybalt") as tybalt:
+            async with pr_client(fed, "romeo") as romeo:
+                # Prosody probed Tybalt; Switchboard answered.
+                await next_presence(romeo, tyb, "available")
+                await next_presence(tybalt, rom, "available")
+
     asyncio.run(run())
+    asyncio.run(probes())
 
 
 def test_iq_to_the_remote_server(fed: Federation) -> None:
@@ -237,8 +254,8 @@ def test_iq_to_the_remote_server(fed: Federation) -> None:
     asyncio.run(run())
 
 
-def test_vcard_of_a_remote_user(fed: Federation) -> None:
-    """A Switchboard user reads the vCard a Prosody user published (XEP-0054)."""
+def test_vcards_across_servers(fed: Federation) -> None:
+    """Each side reads the vCard a user of the other server published (XEP-0054)."""
 
     async def run() -> None:
         plugins = ("xep_0030", "xep_0054")
@@ -259,5 +276,12 @@ def test_vcard_of_a_remote_user(fed: Federation) -> None:
             )
             assert got["vcard_temp"]["FN"] == "Mercutio"
             assert "Queen Mab" in got["vcard_temp"]["NICKNAME"]
+            card = juliet.plugin["xep_0054"].make_vcard()
+            card["FN"] = "Juliet Capulet"
+            await juliet.plugin["xep_0054"].publish_vcard(card, timeout=TIMEOUT)
+            got = await mercutio.plugin["xep_0054"].get_vcard(
+                f"juliet@{SB}", local=False, cached=False, timeout=TIMEOUT
+            )
+            assert got["vcard_temp"]["FN"] == "Juliet Capulet"
 
     asyncio.run(run())

@@ -13,7 +13,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -27,12 +26,10 @@ from core.runtime.config import Config
 from core.s2s.inbound import S2SInbound
 from core.s2s.resolve import Target
 from core.s2s.service import S2SService
-from core.xmpp import dialback
 from core.xmpp.certs import load_trust_store
 from core.xmpp.errors import StanzaError
 from core.xmpp.jid import JID
-from core.xmpp.ns import NS_CLIENT, NS_SERVER, NS_STREAMS, qn
-from core.xmpp.parser import StreamOpen, StreamParser
+from core.xmpp.ns import NS_CLIENT, NS_TLS, qn
 from core.xmpp.stanza import make
 from core.xmpp.tls import ensure_self_signed
 from tests.unit.helpers import MemoryTransport, pump
@@ -86,6 +83,10 @@ class Network:
         server = MemoryTransport(self.clock, client=False, port=len(self.pairs) * 2 + 2)
         inbound = S2SInbound(node.service)
         server.attach(inbound)
+        if target.direct_tls:
+            # XEP-0368: the listener speaks TLS from the first byte.
+            server.startTLS(node.service.tls)
+            inbound.tls_active = True
         proto = factory.buildProtocol(None)
         client.attach(proto)
         self.pairs.append((client, server))
@@ -290,6 +291,36 @@ def test_one_link_per_domain_pair(tmp_path: Path) -> None:
     assert len(inbound) == 2
 
 
+def test_direct_tls_to_an_xmpps_server_target(tmp_path: Path) -> None:
+    """An _xmpps-server SRV target gets TLS from the first byte, with SNI naming the domain
+    and ALPN xmpp-server (XEP-0368); no STARTTLS is needed."""
+    from twisted.names import dns
+
+    net = Network()
+    a, b = add_node(net, tmp_path / "a", A), add_node(net, tmp_path / "b", B)
+    del a.service.config.hosts[B]
+    record = dns.RRHeader(
+        name=b"x", type=dns.SRV, payload=dns.Record_SRV(0, 0, b.port, b"xmpp.b.example")
+    )
+
+    def lookup(name: str) -> defer.Deferred[Any]:
+        if name == f"_xmpps-server._tcp.{B}":
+            return defer.succeed(([record], [], []))
+        return defer.fail(OSError("no such record"))
+
+    a.service.lookup = lookup
+    send(a, message(f"alice@{A}/r", f"bob@{B}", "direct"))
+    net.pump()
+    assert bodies(b) == ["direct"]
+    stream = a.service.links[(A, B)].stream
+    assert stream is not None and stream.target.direct_tls
+    assert stream.transport.getHandle().get_alpn_proto_negotiated() == b"xmpp-server"
+    server_side = net.pairs[0][1].getHandle()
+    assert server_side is not None and server_side.get_servername() == B.encode()
+    assert stream.features is not None
+    assert stream.features.find(qn(NS_TLS, "starttls")) is None
+
+
 def test_stanza_from_a_foreign_domain_is_not_relayed(tmp_path: Path) -> None:
     """Only our own domains may appear as senders on our links."""
     net = Network()
@@ -367,149 +398,3 @@ def test_idle_link_is_closed_and_reopened(tmp_path: Path) -> None:
     net.pump()
     assert bodies(b) == ["m1", "m2", "m3"]
     assert a.service.links[(A, B)] is not first
-
-
-# Incoming streams, byte by byte -------------------------------------------------------
-
-
-class Wire:
-    """An incoming stream fed by hand over a StringTransport (no TLS required here)."""
-
-    def __init__(self, tmp_path: Path, **s2s: Any) -> None:
-        self.net = Network()
-        s2s.setdefault("require_encryption", False)
-        self.node = add_node(self.net, tmp_path, B, **s2s)
-        self.transport = StringTransport()
-        self.stream = S2SInbound(self.node.service)
-        self.stream.makeConnection(self.transport)
-        self.parser = StreamParser()
-        self.header: StreamOpen | None = None
-
-    def send(self, data: str) -> list[etree._Element]:
-        self.stream.dataReceived(data.encode())
-        return self.read()
-
-    def read(self) -> list[etree._Element]:
-        """The elements the stream wrote since the last read."""
-        out = []
-        for ev in self.parser.feed(self.transport.value()):
-            if isinstance(ev, StreamOpen):
-                self.header = ev
-            elif isinstance(ev, etree._Element):
-                out.append(ev)
-        self.transport.clear()
-        return out
-
-    def open(self, frm: str = A, to: str = B, ns: str = NS_SERVER, version: str = "1.0") -> Any:
-        return self.send(
-            f"<stream:stream xmlns='{ns}' xmlns:db='jabber:server:dialback' "
-            f"xmlns:stream='{NS_STREAMS}' from='{frm}' to='{to}' version='{version}'>"
-        )
-
-    def authenticate(self, domain: str = A) -> None:
-        """Dialback for ``domain``, with the verification answered as valid."""
-        asked: list[Any] = []
-        self.node.service.verify_dialback = lambda **kw: asked.append(kw)  # type: ignore[method-assign]
-        out = self.send(f"<db:result from='{domain}' to='{B}'>key</db:result>")
-        assert out == [] and asked and asked[0]["stream_id"] == self.stream.stream_id
-        asked[0]["callback"]("valid", None)
-        (answer,) = self.read()
-        assert (answer.get("type"), answer.get("from"), answer.get("to")) == ("valid", B, domain)
-
-
-def stream_error(out: list[etree._Element]) -> str | None:
-    for el in out:
-        if el.tag == qn(NS_STREAMS, "error"):
-            return etree.QName(el[0]).localname
-    return None
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "condition"),
-    [
-        ({"ns": NS_CLIENT}, "invalid-namespace"),
-        ({"version": "0.9"}, "unsupported-version"),
-        ({"to": "elsewhere.example"}, "host-unknown"),
-        ({"frm": "not a domain"}, "invalid-from"),
-    ],
-)
-def test_bad_stream_headers(tmp_path: Path, kwargs: dict[str, str], condition: str) -> None:
-    """The header's namespace, version, 'to' and 'from' are checked (RFC 6120 §4.7-§4.8)."""
-    wire = Wire(tmp_path)
-    assert stream_error(wire.open(**kwargs)) == condition
-    assert wire.transport.disconnecting
-
-
-def test_features_before_and_without_tls(tmp_path: Path) -> None:
-    """With TLS required only STARTTLS is offered; without, dialback (with errors)."""
-    required = Wire(tmp_path / "r", require_encryption=True)
-    (features,) = required.open()
-    assert [etree.QName(c).localname for c in features] == ["starttls"]
-    optional = Wire(tmp_path / "o")
-    (features,) = optional.open()
-    assert [etree.QName(c).localname for c in features] == ["starttls", "dialback"]
-    assert optional.header is not None and optional.header.attrs["from"] == B
-
-
-def test_stanzas_need_an_authenticated_sender(tmp_path: Path) -> None:
-    """Before authentication: not-authorized; after: other domains are invalid-from."""
-    wire = Wire(tmp_path)
-    wire.open()
-    out = wire.send(f"<message from='alice@{A}' to='bob@{B}'><body>x</body></message>")
-    assert stream_error(out) == "not-authorized"
-    wire = Wire(tmp_path / "2")
-    wire.open()
-    wire.authenticate(A)
-    assert wire.send(f"<message from='alice@{A}/r' to='bob@{B}'><body>ok</body></message>") == []
-    assert bodies(wire.node) == ["ok"]
-    out = wire.send(f"<message from='eve@{C}' to='bob@{B}'><body>x</body></message>")
-    assert stream_error(out) == "invalid-from"
-    assert bodies(wire.node) == ["ok"]
-
-
-@pytest.mark.parametrize(
-    ("stanza", "condition"),
-    [
-        (f"<message to='bob@{B}'/>", "improper-addressing"),
-        (f"<message from='alice@{A}'/>", "improper-addressing"),
-        (f"<message from='alice@{A}' to='bob@{C}'/>", "host-unknown"),
-        (f"<foo from='alice@{A}' to='bob@{B}'/>", "unsupported-stanza-type"),
-    ],
-)
-def test_stanza_addressing(tmp_path: Path, stanza: str, condition: str) -> None:
-    """RFC 6120 §8.1.1.1, §8.1.2.1: 'to' and 'from' are required; 'to' must be ours."""
-    wire = Wire(tmp_path)
-    wire.open()
-    wire.authenticate(A)
-    assert stream_error(wire.send(stanza)) == condition
-
-
-def test_dialback_answers_and_errors(tmp_path: Path) -> None:
-    """db:verify is answered for our keys; requests for domains we do not serve get
-    item-not-found; an invalid verification closes the stream; answers on an incoming
-    stream are ignored (XEP-0220 §3.1)."""
-    wire = Wire(tmp_path)
-    wire.open()
-    key = dialback.generate_key(wire.node.service.secret, A, B, "s1")
-    (answer,) = wire.send(f"<db:verify from='{A}' to='{B}' id='s1'>{key}</db:verify>")
-    assert (answer.get("type"), answer.get("from"), answer.get("to")) == ("valid", B, A)
-    (answer,) = wire.send(f"<db:verify from='{A}' to='{B}' id='s2'>{key}</db:verify>")
-    assert answer.get("type") == "invalid"
-    (answer,) = wire.send(f"<db:result from='{A}' to='{C}'>k</db:result>")
-    assert dialback.Dialback.from_element(answer).condition == "item-not-found"
-    assert wire.send(f"<db:result from='{A}' to='{B}' type='valid'/>") == []
-    assert not wire.stream.authenticated
-    asked: list[Any] = []
-    wire.node.service.verify_dialback = lambda **kw: asked.append(kw)  # type: ignore[method-assign]
-    wire.send(f"<db:result from='{A}' to='{B}'>k</db:result>")
-    asked[0]["callback"]("error", "remote-server-not-found")
-    (answer,) = wire.read()
-    db = dialback.Dialback.from_element(answer)
-    assert (db.type, db.condition) == ("error", "remote-server-not-found")
-    assert not wire.transport.disconnecting
-    wire.send(f"<db:result from='{A}' to='{B}'>k</db:result>")
-    asked[1]["callback"]("invalid", None)
-    out = wire.read()
-    assert out[0].get("type") == "invalid"
-    assert stream_error(out) == "not-authorized"
-    assert wire.transport.disconnecting

@@ -159,3 +159,16 @@ def test_trust_store_sources(tmp_path: Path) -> None:
         load_trust_store(str(tmp_path / "empty.pem"))
     with pytest.raises(TrustStoreError):
         load_trust_store(str(tmp_path / "missing.pem"))
+
+
+def test_missing_trust_store_is_a_config_problem(tmp_path: Path) -> None:
+    """`switchboard config check` names a trust store that is not there."""
+    from core.runtime.config import ConfigError, load_config
+
+    missing = tmp_path / "nope.pem"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"SWITCHBOARD_S2S_TRUST_STORE": str(missing)})
+    expected = f"s2s.trust_store: {missing} does not exist"
+    assert any(p.startswith(expected) for p in info.value.problems)
+    missing.write_text("")
+    assert load_config(None, {"SWITCHBOARD_S2S_TRUST_STORE": str(missing)}).s2s.trust_store
