@@ -40,9 +40,10 @@ from core.component_routes import DomainRoute
 from core.xmpp.component_link import QN_HANDSHAKE, handshake_valid
 from core.xmpp.errors import StanzaError, StreamError
 from core.xmpp.jid import JID, JIDError, parse_jid, prep_domain, prep_resource
-from core.xmpp.ns import NS_COMPONENT, NS_STREAMS, QN_IQ, QN_MESSAGE, QN_PRESENCE, QN_STREAM
+from core.xmpp.ns import NS_COMPONENT, QN_IQ, QN_MESSAGE, QN_PRESENCE
 from core.xmpp.parser import StreamClose, StreamOpen, StreamParser
 from core.xmpp.stanza import error_reply, new_id, serialize, to_client_ns
+from core.xmpp.stream_header import STREAM_CLOSE, check_header, header_bytes
 
 if TYPE_CHECKING:
     from core.server import CoreServer
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 Element = etree._Element
 
-STREAM_CLOSE = b"</stream:stream>"
 _COMPONENT_PREFIX = f"{{{NS_COMPONENT}}}"
 HEADER, HANDSHAKE, LINKED, CLOSED = range(4)
 # Stanzas parsed but waiting for an earlier one of the same link; past this, stop reading.
@@ -217,14 +217,8 @@ class ComponentStream(protocol.Protocol):
         route = self.routes.route(domain) if domain else None
         # RFC 6120 §4.9.1.2: a header is sent even when the error is in the peer's header.
         self._send_header(route.domain if route is not None else None)
-        if ev.tag != QN_STREAM:
-            if ev.tag.endswith("}stream") or ev.tag == "stream":
-                raise StreamError(
-                    "invalid-namespace", "the stream element must be in " + NS_STREAMS
-                )
-            raise StreamError("invalid-xml", "the root element must be <stream:stream/>")
-        if ev.nsmap.get(None) != NS_COMPONENT:
-            raise StreamError("invalid-namespace", "the content namespace must be " + NS_COMPONENT)
+        # XEP-0114 §3: a component's header carries no version; only namespaces are checked.
+        check_header(ev, NS_COMPONENT, prefix_required=False, version_required=False)
         if not to:
             raise StreamError("improper-addressing", "name the component domain in 'to'")
         if route is None:
@@ -247,10 +241,10 @@ class ComponentStream(protocol.Protocol):
     def _send_header(self, domain: str | None) -> None:
         self._header_sent = True
         self.stream_id = new_id()
-        frm = f" from='{domain}'" if domain else ""
         self.transport.write(
-            f"<?xml version='1.0'?><stream:stream xmlns:stream='{NS_STREAMS}' "
-            f"xmlns='{NS_COMPONENT}'{frm} id='{self.stream_id}'>".encode()
+            header_bytes(
+                NS_COMPONENT, frm=domain, stream_id=self.stream_id, version=None, lang=None
+            )
         )
 
     def _handshake(self, el: Element) -> None:

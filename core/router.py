@@ -17,7 +17,7 @@ from core.xmpp.errors import StanzaError, StreamError
 from core.xmpp.jid import JID
 from core.xmpp.module import run_iq
 from core.xmpp.ns import QN_IQ, QN_MESSAGE, QN_PRESENCE
-from core.xmpp.stanza import MESSAGE_TYPES, error_reply
+from core.xmpp.stanza import MESSAGE_TYPES, error_reply, payload_of
 
 if TYPE_CHECKING:
     from core.server import CoreServer
@@ -292,8 +292,15 @@ class Router:
 
         async def serve() -> None:
             if target == "account" and not await self.server.account_exists(to):
-                self.deliver_error(stanza, StanzaError("service-unavailable"))
-                return
+                # §8.5.1: no such account. A handler that answers strangers the same whether
+                # the account exists or not (XEP-0030 §8) is asked anyway.
+                payload = payload_of(stanza)
+                dispatcher = self.server.dispatcher
+                if payload is None or not dispatcher.serves_any_account(
+                    stanza.get("type", ""), payload.tag
+                ):
+                    self.deliver_error(stanza, StanzaError("service-unavailable"))
+                    return
             reply = await run_iq(
                 self.server.dispatcher,
                 stanza,

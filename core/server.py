@@ -102,6 +102,8 @@ class CoreServer:
         # set at 'server-started'; None means nothing is filtered.
         self.privacy: Any = None
         self.privacy_check: Callable[..., Any] | None = None
+        # XEP-0153 photo hashes of online accounts (modules/vcard.py), set at 'server-started'.
+        self.vcards: Any = None
 
     # Helpers for streams and modules -----------------------------------------------
 

@@ -17,16 +17,26 @@ from components.muc.errors import Refused
 from components.muc.model import AFFILIATION_RANK, AFFILIATIONS, ROLE_RANK, ROLES, Occupant, Room
 from components.muc.names import (
     NS_MUC_ADMIN,
+    NS_MUC_USER,
     QN_ADMIN_QUERY,
+    STATUS_AFFILIATION_CHANGED_OFFLINE,
     STATUS_AFFILIATION_REMOVED,
     STATUS_BANNED,
     STATUS_KICKED,
     STATUS_MEMBERS_ONLY_REMOVED,
 )
 from components.muc.occupants import remove
-from components.muc.stanzas import can_see_jid, occupant_presence, receives_presence_of
+from components.muc.stanzas import (
+    QN_BODY,
+    add_statuses,
+    can_see_jid,
+    muc_user,
+    occupant_presence,
+    receives_presence_of,
+)
 from core.xmpp.jid import JIDError, parse_jid
 from core.xmpp.ns import qn
+from core.xmpp.stanza import make, new_id
 
 Element = etree._Element
 QN_ITEM = qn(NS_MUC_ADMIN, "item")
@@ -125,7 +135,61 @@ def admin_set(room: Room, sender: str, sender_bare: str, query: Element, env: En
             if change.occupant.nick in room.occupants:
                 out.extend(_apply_role(room, change, actor_nick))
         else:
-            out.extend(_apply_affiliation(room, change, actor_nick, env))
+            out.extend(_apply_affiliation(room, change, actor_nick, sender_bare))
+    return out
+
+
+def set_affiliation_lists(
+    room: Room,
+    sender_bare: str,
+    *,
+    owners: list[str] | None,
+    admins: list[str] | None,
+) -> list[_Change]:
+    """The affiliation changes that make the owner and admin lists the given ones (the
+    ``muc#roomconfig_roomowners`` and ``muc#roomconfig_roomadmins`` fields of §10.2, full
+    lists; None: that list stays). Someone dropped from a list keeps no affiliation, unless
+    the other list names them. Checked as a ``muc#admin`` set by the owner would be, and
+    raises Refused without changing anything; apply the result with ``apply_changes``."""
+    wanted: dict[str, str] = {}
+    for affiliation, jids in (("owner", owners), ("admin", admins)):
+        for text in jids or ():
+            if not text.strip():
+                continue
+            try:
+                jid = str(parse_jid(text.strip()).bare)
+            except JIDError:
+                raise Refused("not-acceptable", f"Invalid JID {text!r}") from None
+            if wanted.get(jid, affiliation) != affiliation:
+                raise Refused("not-acceptable", f"{jid} cannot be both owner and admin")
+            wanted[jid] = affiliation
+    changes = []
+    for affiliation, jids in (("owner", owners), ("admin", admins)):
+        if jids is None:
+            continue
+        for jid, _ in room.with_affiliation(affiliation):
+            if jid not in wanted:
+                changes.append(_Change("affiliation", "none", None, jid=jid))
+    # Additions first: replacing the only owner must not pass through a room without one.
+    additions = [
+        _Change("affiliation", value, None, jid=jid)
+        for jid, value in sorted(wanted.items())
+        if room.affiliation(jid) != value
+    ]
+    changes = additions + changes
+    affiliations = {jid: a.affiliation for jid, a in room.affiliations.items()}
+    for change in changes:
+        _check_affiliation(room, "owner", sender_bare, change, affiliations)
+    return changes
+
+
+def apply_changes(
+    room: Room, changes: list[_Change], actor: Occupant | None, actor_bare: str
+) -> Out:
+    """Apply affiliation changes checked beforehand (``set_affiliation_lists``)."""
+    out: Out = []
+    for change in changes:
+        out.extend(_apply_affiliation(room, change, actor.nick if actor else None, actor_bare))
     return out
 
 
@@ -203,6 +267,8 @@ def _check_affiliation(
     assert change.jid is not None
     if _rank(own) < _rank("admin"):
         raise Refused("forbidden")  # §9: admins and owners change affiliations
+    if change.value == "outcast" and change.jid == own_bare:
+        raise Refused("self-ban")  # §9.1: nobody bans themselves
     current = affiliations.get(change.jid, "none")
     if change.value in ("admin", "owner") and own != "owner":
         raise Refused("forbidden")  # §10.3, §10.6: only owners name admins and owners
@@ -240,16 +306,22 @@ def _announce(room: Room, occupant: Occupant, actor: str | None, reason: str | N
     return out
 
 
-def _apply_affiliation(room: Room, change: _Change, actor_nick: str | None, env: Env) -> Out:
+def _apply_affiliation(
+    room: Room, change: _Change, actor_nick: str | None, actor_bare: str | None
+) -> Out:
     assert change.jid is not None
     new = change.value
     nick = change.nick
     if nick is None and new not in ("none", "outcast"):
         existing = room.affiliations.get(change.jid)
         nick = existing.nick if existing is not None else None
+    old = room.affiliation(change.jid)
     room.set_affiliation(change.jid, new, nick=nick, reason=change.reason)
+    present = room.occupants_of_bare(change.jid)
+    if not present and old != new:
+        return affiliation_notice(room, change.jid, old, new, actor_bare, change.reason)
     out: Out = []
-    for occupant in room.occupants_of_bare(change.jid):
+    for occupant in present:
         if new == "outcast":
             # §9.1: ban, status 301.
             out.extend(
@@ -282,6 +354,51 @@ def _role_for(room: Room, affiliation: str) -> str:
     if affiliation == "member":
         return "participant"
     return "visitor" if room.config.moderated else "participant"
+
+
+def grant_membership(room: Room, bare: str, nick: str | None, actor_bare: str) -> Out:
+    """Make ``bare`` a member with ``nick`` reserved, on behalf of the admin ``actor_bare``
+    (§9.9 approval of a registration request), as a muc#admin grant would (§9.3)."""
+    change = _Change("affiliation", "member", None, jid=bare, nick=nick)
+    return _apply_affiliation(room, change, None, actor_bare)
+
+
+def affiliation_notice(
+    room: Room,
+    bare: str,
+    previous: str,
+    affiliation: str,
+    actor_bare: str | None,
+    reason: str | None,
+) -> Out:
+    """Tell a user who is not in the room that their affiliation changed from ``previous``:
+    a message from the room to their bare JID with status 101 (XEP-0045 §15.6; sent out of
+    courtesy, as a headline like Prosody's, so that no offline store keeps it). Someone who
+    becomes a member of a members-only room gets the invitation of §9.5 instead, which
+    tells them they may now enter."""
+    if "@" not in bare:
+        return []  # a banned server: nobody to tell
+    if affiliation == "member" and room.config.members_only and previous in ("none", "outcast"):
+        m = make("message", to=bare, frm=room.jid, id=new_id())
+        x = muc_user(m)
+        invite = etree.SubElement(x, qn(NS_MUC_USER, "invite"))
+        if actor_bare:
+            invite.set("from", actor_bare)
+        if reason:
+            etree.SubElement(invite, qn(NS_MUC_USER, "reason")).text = reason
+        if room.config.password_protected:
+            etree.SubElement(x, qn(NS_MUC_USER, "password")).text = room.config.password
+        etree.SubElement(m, QN_BODY).text = f"You are now a member of the room {room.jid}"
+        return [m]
+    m = make("message", to=bare, frm=room.jid, type="headline", id=new_id())
+    x = muc_user(m)
+    item = etree.SubElement(x, qn(NS_MUC_USER, "item"), affiliation=affiliation, jid=bare)
+    if reason:
+        etree.SubElement(item, qn(NS_MUC_USER, "reason")).text = reason
+    add_statuses(x, [STATUS_AFFILIATION_CHANGED_OFFLINE])
+    text = f"Your affiliation with the room {room.jid} is now: {affiliation}"
+    etree.SubElement(m, QN_BODY).text = text + (f" ({reason})" if reason else "")
+    return [m]
 
 
 def announce_affiliation(room: Room, bare: str) -> Out:

@@ -45,6 +45,7 @@ CONDITIONS: dict[str, str] = {
     "forbidden": "forbidden",
     "not-allowed": "not-allowed",
     "last-owner": "conflict",  # §10.6 / §10.9
+    "self-ban": "conflict",  # §9.1
     "bad-request": "bad-request",
     "not-acceptable": "not-acceptable",
     "no-such-room": "item-not-found",
@@ -70,5 +71,6 @@ DEFAULT_TEXTS: dict[str, str] = {
     "bad-type": "Private messages cannot be of type groupchat",
     "invite-denied": "You may not invite others to this room",
     "last-owner": "A room needs at least one owner",
+    "self-ban": "You cannot ban yourself",
     "rooms-limit": "You have created as many rooms as allowed",
 }

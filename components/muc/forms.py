@@ -259,6 +259,9 @@ OPTIONS: tuple[Option, ...] = (
 )
 _BY_VAR = {o.var: o for o in OPTIONS}
 PASSWORD_FLAG = "muc#roomconfig_passwordprotectedroom"
+# §10.2: the full admin and owner lists, editable in the form as well as through muc#admin.
+ADMINS_FIELD = "muc#roomconfig_roomadmins"
+OWNERS_FIELD = "muc#roomconfig_roomowners"
 
 
 def config_form(room: Room) -> Element:
@@ -286,6 +289,12 @@ def config_form(room: Room) -> Element:
             label=option.label,
             options=list(option.options) or None,
         )
+    for var, affiliation, label in (
+        (ADMINS_FIELD, "admin", "Room admins"),
+        (OWNERS_FIELD, "owner", "Room owners"),
+    ):
+        jids = [jid for jid, _ in room.with_affiliation(affiliation)]
+        add_field(x, var, "jid-multi", jids, label=label)
     return x
 
 

@@ -80,21 +80,21 @@ def build_module(service: Callable[[], MucService], name: str = "Chatrooms") -> 
     async def room_info(ctx: IqContext) -> Element | None:
         """§6.4: a room's identity, features and muc#roominfo form."""
         if ctx.to.resource is not None:
-            return await service().occupant_iq(ctx.iq, ctx.sender, ctx.to)
+            return await to_occupant(service(), ctx)
         return await service().room_info(ctx.sender, ctx.to, ctx.payload.get("node"))
 
     @module.iq("get", QN_DISCO_ITEMS, to="entity")
     async def room_items(ctx: IqContext) -> Element | None:
         """§6.5: a room's occupants, to occupants."""
         if ctx.to.resource is not None:
-            return await service().occupant_iq(ctx.iq, ctx.sender, ctx.to)
+            return await to_occupant(service(), ctx)
         return await service().room_items(ctx.sender, ctx.to, ctx.payload.get("node"))
 
     @module.iq("get", QN_PING, to="entity")
     async def ping_entity(ctx: IqContext) -> Element | None:
         """XEP-0199 to a room; XEP-0410 self-ping to one's own occupant JID."""
         if ctx.to.resource is not None:
-            return await service().occupant_iq(ctx.iq, ctx.sender, ctx.to)
+            return await to_occupant(service(), ctx)
         await service().ping_room(ctx.sender, ctx.to)
         return None
 
@@ -137,6 +137,20 @@ def build_module(service: Callable[[], MucService], name: str = "Chatrooms") -> 
     return module
 
 
+async def to_occupant(service: MucService, ctx: IqContext) -> Element | None:
+    """An IQ to an occupant JID: a self-ping answered here, or an IQ relayed to the occupant
+    whose answer the component client sends when it comes (``answer_later``), so that the
+    room's other stanzas are not held up behind a slow client."""
+    relay = await service.occupant_iq(ctx.iq, ctx.sender, ctx.to)
+    if relay is None:
+        return None
+    answer_later = getattr(ctx.host, "answer_later", None)
+    if answer_later is None:
+        return await relay
+    answer_later(ctx.iq, relay)
+    return None
+
+
 def _to_room(ctx: IqContext) -> None:
     if ctx.to.resource is not None:
         raise StanzaError("bad-request", "send this to the room's bare JID")
@@ -159,4 +173,4 @@ class MucDispatcher(Dispatcher):
     async def _forward(self, ctx: IqContext) -> Element | None:
         if ctx.to.resource is None:
             raise StanzaError("service-unavailable")
-        return await self._service().occupant_iq(ctx.iq, ctx.sender, ctx.to)
+        return await to_occupant(self._service(), ctx)

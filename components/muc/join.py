@@ -17,6 +17,7 @@ from components.muc.model import AFFILIATION_RANK, Occupant, Room, RoomConfig
 from components.muc.names import (
     QN_X_MUC,
     STATUS_CREATED,
+    STATUS_NICK_MODIFIED,
     STATUS_NON_ANONYMOUS,
 )
 from components.muc.stanzas import (
@@ -118,8 +119,11 @@ def enter(
     env: Env,
     *,
     created: bool = False,
+    nick_modified: bool = False,
 ) -> Out:
-    """Admit the session ``full`` (of ``bare``) as ``nick``; returns what the room sends."""
+    """Admit the session ``full`` (of ``bare``) as ``nick``; returns what the room sends.
+    ``nick_modified``: the nick asked for was not in its normalised form (RFC 7622 §3.4),
+    so the occupant's nick differs from it (status 210)."""
     nick = valid_nick(nick)
     check_entry(room, bare, nick, presence, env)
     occupant = room.occupants.get(nick)
@@ -132,7 +136,16 @@ def enter(
         )
     occupant.set_presence(full, stored_presence(presence))
     room.put_occupant(occupant)
-    return _welcome(room, occupant, full, presence, env, created=created, broadcast=True)
+    return _welcome(
+        room,
+        occupant,
+        full,
+        presence,
+        env,
+        created=created,
+        broadcast=True,
+        nick_modified=nick_modified,
+    )
 
 
 def rejoin(room: Room, occupant: Occupant, full: str, presence: Element, env: Env) -> Out:
@@ -152,6 +165,7 @@ def _welcome(
     *,
     created: bool,
     broadcast: bool,
+    nick_modified: bool = False,
 ) -> Out:
     out: Out = []
     # 1. §7.2.3: the presence of every other occupant, to the new session.
@@ -173,6 +187,8 @@ def _welcome(
         codes.append(STATUS_NON_ANONYMOUS)  # §7.2.4
     if created:
         codes.append(STATUS_CREATED)  # §10.1.1
+    if nick_modified:
+        codes.append(STATUS_NICK_MODIFIED)  # §7.2: the room JID is not the one asked for
     self_presence = occupant_presence(
         room, occupant, full, viewer=occupant, codes=codes, session=full
     )

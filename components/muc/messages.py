@@ -19,6 +19,7 @@ from components.muc.model import (
     Subject,
 )
 from components.muc.names import NS_MUC_REQUEST, NS_MUC_USER, QN_X_DATA, QN_X_USER
+from components.muc.register import NS_MUC_REGISTER, approve
 from components.muc.stanzas import (
     QN_BODY,
     QN_SUBJECT,
@@ -146,6 +147,8 @@ def private_message(room: Room, msg: Element, sender: str, nick: str, env: Env) 
         if m.get("id") is None:
             m.set("id", new_id())
         muc_user(m)
+        # XEP-0421 §4: every message the room relays carries the sender's occupant id.
+        add_occupant_id(m, room, occupant.bare)
         out.append(m)
     return out
 
@@ -164,8 +167,8 @@ def may_invite(room: Room, occupant: Occupant) -> bool:
 
 
 def mediated(room: Room, msg: Element, sender: str, env: Env) -> Out:
-    """A message to the room itself that is not groupchat: invitations, declines (§7.8) or a
-    voice request (§8.6)."""
+    """A message to the room itself that is not groupchat: invitations, declines (§7.8), a
+    voice request or its approval (§8.6), or the approval of a registration request (§9.9)."""
     x = msg.find(QN_X_USER)
     if x is not None and x.find(QN_INVITE) is not None:
         return invite(room, x, sender, env)
@@ -178,6 +181,10 @@ def mediated(room: Room, msg: Element, sender: str, env: Env) -> Out:
             if "muc#request_allow" in parsed.values:
                 return voice_approval(room, parsed, sender, env)
             return voice_request(room, sender, env)
+        if parsed.form_type == NS_MUC_REGISTER and parsed.type == "submit":
+            return approve(room, parsed, str(parse_jid(sender).bare))
+        if parsed.form_type in (NS_MUC_REQUEST, NS_MUC_REGISTER) and parsed.type == "cancel":
+            return []  # XEP-0004 §3.1: a request left undecided
     raise Refused("bad-request", "Only groupchat messages may be sent to the room")
 
 
@@ -260,6 +267,9 @@ def voice_request(room: Room, sender: str, env: Env) -> Out:
         add_field(form, "muc#roomnick", "text-single", [occupant.nick], label="Room nickname")
         add_field(form, "muc#request_allow", "boolean", ["0"], label="Grant voice to this person?")
         m.append(form)
+        # A body as well: clients that show no forms, or ignore bodiless messages, still
+        # tell the moderator.
+        etree.SubElement(m, QN_BODY).text = f"{occupant.nick} asks for voice in {room.jid}"
         out.append(m)
     return out
 

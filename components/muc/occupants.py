@@ -20,7 +20,6 @@ from components.muc.stanzas import (
     add_item,
     add_statuses,
     muc_user,
-    occupant_jid,
     occupant_presence,
     receives_presence_of,
     stored_presence,
@@ -157,14 +156,14 @@ def remove_session_after_error(room: Room, occupant: Occupant, full: str) -> Out
     return [p for p in out if p.get("to") != full]
 
 
-def not_in_room(room: Room, presence: Element, nick: str) -> Element:
+def not_in_room(room_jid: str, presence: Element, nick: str) -> Element:
     """XEP-0045 §7.2.1 (since 1.32): presence without the MUC extension from someone who is
     not an occupant is answered with an explicit removal, so a desynchronised client
-    notices that it is not in the room."""
+    notices that it is not in the room (or that the room is gone)."""
     reply = make(
         "presence",
         to=presence.get("from"),
-        frm=occupant_jid(room, nick),
+        frm=f"{room_jid}/{nick}",
         type="unavailable",
         id=new_id(),
     )

@@ -6,10 +6,17 @@ from __future__ import annotations
 
 from lxml import etree
 
-from components.muc.admin import members_only_sweep
+from components.muc.admin import apply_changes, members_only_sweep, set_affiliation_lists
 from components.muc.env import Env, Out
 from components.muc.errors import Refused
-from components.muc.forms import Form, FormError, apply_config, config_form
+from components.muc.forms import (
+    ADMINS_FIELD,
+    OWNERS_FIELD,
+    Form,
+    FormError,
+    apply_config,
+    config_form,
+)
 from components.muc.model import Room
 from components.muc.names import (
     NS_MUC_OWNER,
@@ -21,7 +28,13 @@ from components.muc.names import (
     STATUS_NOW_SEMI_ANONYMOUS,
     STATUS_SELF,
 )
-from components.muc.stanzas import add_item, add_statuses, muc_user, occupant_jid
+from components.muc.stanzas import (
+    add_item,
+    add_occupant_id,
+    add_statuses,
+    muc_user,
+    occupant_jid,
+)
 from core.xmpp.jid import JIDError, parse_jid
 from core.xmpp.ns import qn
 from core.xmpp.stanza import make, new_id
@@ -62,12 +75,19 @@ def owner_set(room: Room, sender_bare: str, query: Element, env: Env) -> Out:
         new = apply_config(room.config, form, env.settings)
     except FormError as exc:
         raise Refused("not-acceptable", str(exc)) from None
+    # Checked before anything changes: the submission applies whole or not at all.
+    lists = set_affiliation_lists(
+        room,
+        sender_bare,
+        owners=form.values.get(OWNERS_FIELD),
+        admins=form.values.get(ADMINS_FIELD),
+    )
     old = room.config
     was_locked = room.locked
     room.config = new
     room.locked = False
     room.touch()
-    out: Out = []
+    out: Out = apply_changes(room, lists, None, sender_bare)
     if new.members_only and not old.members_only:
         out.extend(members_only_sweep(room))
     if not was_locked and new != old:
@@ -126,6 +146,7 @@ def destroy_room(room: Room, destroy: Element | None) -> Out:
         if password:
             etree.SubElement(d, qn(NS_MUC_USER, "password")).text = password
         add_statuses(x, [STATUS_SELF])
+        add_occupant_id(p, room, occupant.bare)  # XEP-0421 §4: on every presence
         out.append(p)
     for occupant in list(room.occupants.values()):
         room.remove_occupant(occupant)

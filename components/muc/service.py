@@ -41,8 +41,9 @@ MAX_ATTEMPTS = 3
 # Rooms kept in memory; others are loaded from Redis when needed.
 CACHE_SIZE = 10000
 QN_VCARD = qn(NS_VCARD, "vCard")
-# Seconds an IQ forwarded to an occupant may take (it holds up the room meanwhile).
-FORWARD_TIMEOUT = 5.0
+# Seconds an IQ relayed to an occupant may take before its sender gets recipient-unavailable
+# (the room goes on meanwhile: the answer is awaited outside the room's turn).
+FORWARD_TIMEOUT = 30.0
 _SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe")
 # RFC 6120 §8.3.3: errors that mean the recipient cannot be reached (§18.1 of XEP-0045: the
 # service removes such an occupant).
@@ -226,14 +227,24 @@ class MucService:
                 return occupants.leave(room, occupant, full, stanza)
             if occupant is None:
                 if stanza.find(QN_X_MUC) is None:
-                    if room is None:
-                        return []
-                    return [occupants.not_in_room(room, stanza, nick)]
+                    # Not a join (XEP-0045 1.32 dropped groupchat 1.0 joins).
+                    return [occupants.not_in_room(str(to.bare), stanza, nick)]
                 created = False
                 if room is None:
                     room = await self._create(str(to.bare), sender)
                     created = True
-                return join.enter(room, stanza, full, bare, nick, env, created=created)
+                # The nick as sent, before JID normalisation (the core passes 'to' as is).
+                asked = (stanza.get("to") or "").partition("/")[2]
+                return join.enter(
+                    room,
+                    stanza,
+                    full,
+                    bare,
+                    nick,
+                    env,
+                    created=created,
+                    nick_modified=asked != nick,
+                )
             assert room is not None
             if occupant.nick != nick:
                 return occupants.change_nick(room, occupant, full, nick, stanza)
@@ -390,11 +401,15 @@ class MucService:
         """XEP-0199 to a room: it answers when it exists."""
         await self.room_iq(to, lambda room: None)
 
-    async def occupant_iq(self, iq: Element, sender: JID, to: JID) -> Element | None:
+    async def occupant_iq(
+        self, iq: Element, sender: JID, to: JID
+    ) -> Awaitable[Element | None] | None:
         """An IQ to an occupant JID. XEP-0410 §3.2: a self-ping is answered by the room
-        (a result while joined as that nick, else not-acceptable); other IQs go to the
+        (a result while joined as that nick, else not-acceptable): None. Other IQs go to the
         occupant's real JID from the sender's occupant JID (XEP-0045 §7.5 applied to IQs, as
-        Prosody and ejabberd do) and the answer comes back the same way."""
+        Prosody and ejabberd do): this returns the relay, an awaitable of the answer's
+        payload, which the caller awaits outside the room's turn (the room is not held up
+        while the occupant's client takes its time)."""
         full = str(sender)
         nick = to.resource or ""
         payload = payload_of(iq)
@@ -426,6 +441,12 @@ class MucService:
         forwarded.set("from", f"{to.bare}/{my_nick}")
         forwarded.set("to", real)
         forwarded.set("id", new_id())
+        return self._relay(forwarded)
+
+    async def _relay(self, forwarded: Element) -> Element | None:
+        """Send an IQ on an occupant's behalf; the payload of its answer (StanzaError for an
+        error answer, as the occupant's side gave it)."""
+        assert self.iq is not None
         try:
             reply = await self.iq(forwarded, timeout=FORWARD_TIMEOUT)
         except TimeoutError:

@@ -3,10 +3,11 @@
 The server's features are exactly those of the loaded modules; its items are the configured
 components; its info carries the XEP-0157 contact addresses of the ``[contact]`` configuration
 as an XEP-0128 extended form. An account's bare JID is answered by the server (identity
-account/registered and the modules' account features) to the account itself and to contacts
-allowed to see its presence (§8); anyone else gets the ``service-unavailable`` that an unknown
-account gets (and an empty disco#items), so disco does not reveal accounts.
-Nodes are not served: any 'node' is ``item-not-found``.
+account/registered plus the identities and features the modules declare for accounts) to the
+account itself and to contacts allowed to see its presence (§8); anyone else gets the
+``service-unavailable`` that an unknown account gets for info, and an empty result for items
+(an unknown account's items included, §8 rule 2), so disco does not reveal accounts.
+Nodes are not served: any 'node' is ``item-not-found`` to those who may see the entity.
 """
 
 from dataclasses import fields
@@ -87,10 +88,14 @@ def contact_form(config: Any) -> etree._Element | None:
 
 
 async def may_discover(ctx: IqContext) -> bool:
-    """The account itself, or a contact with a subscription to its presence (RFC 6121)."""
+    """The account itself, or a contact allowed to receive its presence (§8: a 'from' or
+    'both' subscription, and presence not blocked by the account's privacy lists)."""
     if ctx.sender.local == ctx.to.local and ctx.sender.domain == ctx.to.domain:
         return True
     owner = str(ctx.to.bare)
+    presence = getattr(ctx.host, "presence", None)
+    if presence is not None:
+        return bool(await presence.may_see(owner, ctx.sender))
     rosters = getattr(ctx.host, "rosters", None)
     roster = await rosters.get(owner) if rosters is not None else None
     if roster is None:
@@ -120,18 +125,22 @@ async def account_info(ctx: IqContext) -> etree._Element:
         raise StanzaError("item-not-found")
     from core.xmpp.module import Identity
 
-    features = sorted({NS_DISCO_INFO, NS_DISCO_ITEMS, *ctx.host.dispatcher.account_features})
-    return info_element(None, [Identity("account", "registered")], features)
+    dispatcher = ctx.host.dispatcher
+    features = sorted({NS_DISCO_INFO, NS_DISCO_ITEMS, *dispatcher.account_features})
+    identities = [Identity("account", "registered"), *dispatcher.account_identities]
+    return info_element(None, list(dict.fromkeys(identities)), features)
 
 
-@module.iq("get", QN_DISCO_ITEMS, to="account")
+@module.iq("get", QN_DISCO_ITEMS, to="account", any_account=True)
 async def account_items(ctx: IqContext) -> etree._Element:
-    """An account's items: its available resources, to those allowed to see its presence
-    (§8: SHOULD); anyone else gets an empty result set (§8: MUST)."""
+    """An account's items: its available resources, to those allowed to see its presence.
+    §8 rule 2: anyone else, and anyone asking about an account that does not exist, gets an
+    empty result set, whatever the node (so a node does not tell accounts apart either)."""
+    q = etree.Element(QN_DISCO_ITEMS, nsmap={None: NS_DISCO_ITEMS})
+    if not await may_discover(ctx):
+        return q
     if ctx.payload.get("node"):
         raise StanzaError("item-not-found")
-    q = etree.Element(QN_DISCO_ITEMS, nsmap={None: NS_DISCO_ITEMS})
-    if await may_discover(ctx):
-        for s in ctx.host.router.available_sessions(str(ctx.to.bare)):
-            etree.SubElement(q, qn(NS_DISCO_ITEMS, "item"), jid=s.full)
+    for s in ctx.host.router.available_sessions(str(ctx.to.bare)):
+        etree.SubElement(q, qn(NS_DISCO_ITEMS, "item"), jid=s.full)
     return q

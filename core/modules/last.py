@@ -2,9 +2,11 @@
 
 A query to an account's bare JID is answered by the server (RFC 6121 §8.5.2.1.3): 0 seconds
 while the account has an available resource, else the seconds since its last unavailable
-presence with that presence's status as text. Only the account itself and contacts with a
-subscription to its presence may ask (XEP-0012 §3, §8): others get ``forbidden``. Queries to a
-full JID reach the client, which answers for itself.
+presence with that presence's status as text. Only the account itself and contacts allowed to
+see its presence may ask (XEP-0012 §3, §8: a subscription, and presence-out not blocked by
+XEP-0016/XEP-0191): others get ``forbidden``, and so does anyone asking about an account that
+does not exist, so that the answer does not reveal accounts. Queries to a full JID reach the
+client, which answers for itself.
 """
 
 from __future__ import annotations
@@ -38,17 +40,13 @@ async def uptime(ctx: IqContext) -> etree._Element:
     return _query(time.time() - ctx.host.started_at)
 
 
-@module.iq("get", QN_LAST_QUERY, to="account")
+@module.iq("get", QN_LAST_QUERY, to="account", any_account=True)
 async def last_activity(ctx: IqContext) -> etree._Element:
     """XEP-0012 §3: when the account last logged out, to those allowed to see its presence."""
     server: Any = ctx.host
     bare = str(ctx.to.bare)
-    asker = str(ctx.sender.bare)
-    if asker != bare:
-        roster = await server.rosters.get(bare)
-        item = roster.items.get(asker)
-        if item is None or item.subscription not in ("from", "both"):
-            raise StanzaError("forbidden", "only subscribed contacts see last activity")
+    if not await server.presence.may_see(bare, ctx.sender):
+        raise StanzaError("forbidden", "only subscribed contacts see last activity")
     if server.router.available_sessions(bare):
         return _query(0)
     last = await server.presence.last.get(bare)

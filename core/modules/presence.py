@@ -8,6 +8,9 @@ to core/modules/subscription.py. A contact on another domain is reached through
 What a session announced is kept on the session (``available``, ``priority``, ``presence``);
 directed presence recipients (§4.6) are in ``session.data["directed"]``; the last unavailable
 presence of an account and its time are in Redis (storage/last.py) for probes and XEP-0012.
+Which contacts' resources an online account currently sees available is kept in ``heard``, for
+the privacy lists (XEP-0016 §2.10). Available presence a client sends gets the XEP-0153 avatar
+hash from ``server.vcards`` (core/modules/vcard.py).
 """
 
 from __future__ import annotations
@@ -86,6 +89,10 @@ class PresenceService:
     def __init__(self, server: CoreServer) -> None:
         self.server = server
         self.last = LastActivityStore(server.redis)
+        # Per account online here: the full JIDs whose available presence its resources
+        # were last given (broadcasts and probe answers to the bare JID), so that a privacy
+        # list that starts blocking one of them can make it go offline (XEP-0016 §2.10).
+        self.heard: dict[str, dict[str, JID]] = {}
 
     # From the account's own sessions (§4.2, §4.4, §4.5, §4.6) -------------------------
 
@@ -95,6 +102,10 @@ class PresenceService:
         try:
             if ptype is not None and ptype not in PRESENCE_TYPES:
                 raise StanzaError("bad-request", f"unknown presence type {ptype!r}")
+            photos = self.server.vcards
+            if ptype is None and photos is not None:
+                # XEP-0153 avatar hash, broadcast and directed presence alike (XEP-0398 §4).
+                photos.stamp(stanza, session.bare)
             if to is None:
                 if ptype is None:
                     # §4.7.2: checked before anything of it is used.
@@ -131,6 +142,19 @@ class PresenceService:
         if ptype in (None, "unavailable") and not own:
             self._track_directed(session, to, ptype is None)
         return self.server.router.route(stanza, session.jid, to)
+
+    async def rebroadcast(self, session: Any) -> None:
+        """Broadcast the current presence of ``session`` again, as an update (§4.4), after the
+        server changed what it adds to it (a new XEP-0153 avatar hash)."""
+        if not session.available or session.presence is None:
+            return
+        if self.server.router.session(session.jid) is not session:
+            return
+        stanza = copy.deepcopy(session.presence)
+        photos = self.server.vcards
+        if photos is not None:
+            photos.stamp(stanza, session.bare)
+        await self._guarded(self._available(stanza, session, session.priority), stanza, session)
 
     def _refuse(self, stanza: Element, session: Any, error: StanzaError) -> None:
         reply = error_reply(stanza, error)
@@ -242,6 +266,8 @@ class PresenceService:
 
     async def session_closed(self, session: Any) -> None:
         """§4.6.3, RFC 6120 §4.4: a session that ends without saying so goes unavailable."""
+        if not self.server.router.available_sessions(session.bare):
+            self.heard.pop(session.bare, None)
         replacement = self.server.router.session(session.jid)
         if replacement is not None and replacement.available:
             # The full JID lives on in a new session that announced itself; an unavailable
@@ -271,7 +297,9 @@ class PresenceService:
         if ptype in (None, "unavailable", "error"):
             if to.resource is None:
                 # §8.5.2.1.2: to every available resource; nobody available: ignored.
-                self.deliver_to_available(f"{to.local}@{to.domain}", stanza)
+                bare = f"{to.local}@{to.domain}"
+                if self.deliver_to_available(bare, stanza, sender) and ptype != "error":
+                    self._heard(bare, sender, ptype is None)
             return None
         if ptype in SUBSCRIPTION_TYPES:
             return self._inbound_guarded(
@@ -288,9 +316,48 @@ class PresenceService:
             log.exception("presence to %s failed", stanza.get("to"))
             self.server.router.deliver_error(stanza, StanzaError("internal-server-error"))
 
-    def deliver_to_available(self, bare: str, stanza: Element) -> None:
+    def deliver_to_available(self, bare: str, stanza: Element, sender: JID | None = None) -> int:
+        """Send ``stanza`` to every available resource of ``bare`` (but those whose active
+        privacy list refuses it from ``sender``, XEP-0016 §2.2 rule 1); how many got it."""
+        privacy = self.server.privacy if sender is not None else None
+        sent = 0
         for s in self.server.router.available_sessions(bare):
+            if privacy is not None and privacy.refuses_for(s, stanza, sender):
+                continue
             s.send(stanza)
+            sent += 1
+        return sent
+
+    def _heard(self, bare: str, sender: JID, available: bool) -> None:
+        if sender.local == bare.partition("@")[0] and sender.domain == self.server.domain:
+            return  # one's own resources are not contacts
+        heard = self.heard.setdefault(bare, {})
+        if available:
+            heard[str(sender)] = sender
+        elif sender.resource is None:
+            # Unavailable from a bare JID: every resource of that contact is gone.
+            for full, jid in list(heard.items()):
+                if jid.bare == sender:
+                    del heard[full]
+        else:
+            heard.pop(str(sender), None)
+
+    def heard_from(self, bare: str) -> list[JID]:
+        """The contacts' full JIDs that the account's resources currently see available."""
+        return list(self.heard.get(bare, {}).values())
+
+    async def may_see(self, owner: str, peer: JID) -> bool:
+        """Whether ``peer`` may learn the presence of the account ``owner``: the account
+        itself, or a contact with a 'from' or 'both' subscription (RFC 6121 §4.3.2) whose
+        presence-out the privacy lists do not block (XEP-0012 §8, XEP-0030 §8)."""
+        if peer.local == owner.partition("@")[0] and peer.domain == self.server.domain:
+            return True
+        roster = await self.server.rosters.get(owner)
+        item = roster.items.get(str(peer.bare))
+        if item is None or item.subscription not in SUBSCRIBED_FROM:
+            return False
+        privacy = self.server.privacy
+        return privacy is None or not await privacy.hides_presence(owner, peer)
 
     async def _inbound_subscription(self, stanza: Element, sender: JID, to: JID) -> None:
         if sender.local == to.local and sender.domain == to.domain:
@@ -304,14 +371,14 @@ class PresenceService:
         """§4.3.2: answer a probe with the presence of each available resource, or with the
         last unavailable presence, but only to those allowed to see it."""
         bare = str(to)
-        if not await self.server.account_exists(to):
-            return  # §8.5.1: ignored
+        exists = await self.server.account_exists(to)
         if sender.bare != to:
-            roster = await self.server.rosters.get(bare)
-            item = roster.items.get(str(sender.bare))
+            roster = await self.server.rosters.get(bare) if exists else None
+            item = roster.items.get(str(sender.bare)) if roster is not None else None
             if item is None or item.subscription not in SUBSCRIBED_FROM:
-                # Not authorised: nothing is revealed; 'unsubscribed' lets the prober's server
-                # correct a subscription it wrongly believes in.
+                # Not authorised, or no such account (§8.5.1 allows either answer): the same
+                # 'unsubscribed', so the answer reveals neither presence nor the account;
+                # it lets the prober's server correct a subscription it wrongly believes in.
                 await route(
                     self.server,
                     make("presence", type="unsubscribed", frm=bare, to=str(sender.bare)),

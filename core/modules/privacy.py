@@ -14,25 +14,31 @@ Rules kept here, with their sources:
 * inbound refusals (§2.14): presence dropped, message and IQ get/set ``service-unavailable``,
   IQ result/error dropped; outbound refusals: ``not-acceptable`` (type cancel, as in §2.14 and
   XEP-0191 §5.3), with ``<blocked xmlns='urn:xmpp:blocking:errors'/>`` when a blocklist entry
-  matched; presence and errors are dropped (a refusal is never answered with an error);
+  matched, for presence too when the client addressed it (directed presence, subscriptions);
+  presence the server sends on the user's behalf (broadcasts, probes) is dropped, as are
+  errors (a refusal is never answered with an error);
 * errors this server generates (bounces, origin None) always pass, or no refusal could be
   reported;
 * when presence-out becomes blocked for a contact allowed to see the user's presence, the
   contact receives unavailable presence from each available resource; when it becomes allowed
-  again, their current presence (§2.11 note, XEP-0191 §5.3, §5.4).
+  again, their current presence (§2.11 note, XEP-0191 §5.3, §5.4);
+* when presence-in becomes blocked for a contact whose available presence the user's
+  resources were given, they receive unavailable presence from it (§2.10 note); when it
+  becomes allowed again, a probe to the contacts the user is subscribed to brings their
+  current presence back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
+from core.modules.privacy_presence import ACTIVE, PresenceEffects, _data
 from core.storage.privacy import (
     EMPTY,
     AccountLists,
@@ -49,7 +55,7 @@ from core.storage.privacy import (
 )
 from core.storage.roster import RosterStore
 from core.xmpp.errors import StanzaError
-from core.xmpp.jid import JID, JIDError, parse_jid
+from core.xmpp.jid import JID
 from core.xmpp.module import IqContext, Module
 from core.xmpp.ns import NS_BLOCKING, NS_BLOCKING_ERRORS, NS_PRIVACY, QN_IQ, QN_PRESENCE, qn
 from core.xmpp.stanza import make, new_id
@@ -66,20 +72,18 @@ QN_ACTIVE = qn(NS_PRIVACY, "active")
 QN_DEFAULT = qn(NS_PRIVACY, "default")
 QN_BLOCKED = qn(NS_BLOCKING_ERRORS, "blocked")
 
-# Per-session state in ``session.data``.
-ACTIVE = "privacy-active"  # the name of the session's active list
+# Per-session state in ``session.data`` (the active list's name is ``ACTIVE``).
 BLOCKLIST_REQUESTED = "blocklist-requested"  # XEP-0191 §5.2: pushes go to these sessions
-SUBSCRIBED_FROM = ("from", "both")  # RFC 6121: the contact may see the user's presence
 
 module = Module("privacy", spec="XEP-0016", features=[NS_PRIVACY])
 
 
-def _data(session: Any) -> dict[str, Any]:
-    data = getattr(session, "data", None)
-    return data if isinstance(data, dict) else {}
+def _from_client(sender: JID, origin: Any) -> bool:
+    """Whether the stanza comes straight from the client of session ``origin``."""
+    return origin is not None and getattr(origin, "jid", None) == sender
 
 
-class PrivacyService:
+class PrivacyService(PresenceEffects):
     """Privacy lists of one node's accounts: changes, pushes, presence and the router hook."""
 
     def __init__(self, server: CoreServer) -> None:
@@ -163,7 +167,7 @@ class PrivacyService:
         refusal = verdict(stanza, sender, to, out_list, out_contact, in_list, in_contact)
         if refusal is None:
             return True
-        self._refuse(stanza, refusal)
+        self._refuse(stanza, refusal, _from_client(sender, origin))
         return False
 
     async def _check_later(
@@ -193,7 +197,7 @@ class PrivacyService:
             return
         refusal = verdict(stanza, sender, to, out_list, out_contact, in_list, in_contact)
         if refusal is not None:
-            self._refuse(stanza, refusal)
+            self._refuse(stanza, refusal, _from_client(sender, origin))
             return
         pending = self.server.router.route(stanza, sender, to, origin, filtered=True)
         if pending is not None:
@@ -239,7 +243,7 @@ class PrivacyService:
             return (await rosters.get(owner)).items
         return (await RosterStore(self.server.redis).load(owner)).items
 
-    def _refuse(self, stanza: Element, refusal: Refusal) -> None:
+    def _refuse(self, stanza: Element, refusal: Refusal, from_client: bool = False) -> None:
         stype = stanza.get("type")
         tag = stanza.tag
         log.debug(
@@ -249,8 +253,12 @@ class PrivacyService:
             stanza.get("from"),
             stanza.get("to"),
         )
-        if tag == QN_PRESENCE or stype == "error" or (tag == QN_IQ and stype == "result"):
-            return  # §2.14: presence is dropped; an error is never answered with one
+        if stype == "error" or (tag == QN_IQ and stype == "result"):
+            return  # an error is never answered with one; a result needs no answer
+        if tag == QN_PRESENCE and not (refusal.outbound and from_client):
+            # §2.14, XEP-0191 §5.3: inbound presence is dropped without a word; so is the
+            # presence the server sends for the user (a broadcast gets no error per contact).
+            return
         if refusal.outbound:
             app = None
             if refusal.blocked:
@@ -325,54 +333,6 @@ class PrivacyService:
             for jid in jids or ():
                 etree.SubElement(el, qn(NS_BLOCKING, "item")).set("jid", jid)
             s.send(iq)
-
-    async def presence_effects(
-        self,
-        bare: str,
-        before: AccountLists,
-        after: AccountLists,
-        active_before: dict[int, str | None],
-    ) -> None:
-        """Unavailable presence to each contact that may see the user's presence and for
-        which presence-out became blocked; current presence where it became allowed."""
-        router = self.server.router
-        sessions = router.available_sessions(bare)
-        if not sessions:
-            return
-        roster: dict[str, Any] | None = None
-        for s in sessions:
-            active = _data(s).get(ACTIVE)
-            old = before.effective(active_before.get(id(s), active))
-            new = after.effective(active)
-            if (old.rules if old else ()) == (new.rules if new else ()):
-                continue
-            if roster is None:
-                roster = await self.roster(bare)
-            watchers: dict[str, JID] = {}
-            for jid, item in roster.items():
-                if item.subscription in SUBSCRIBED_FROM:
-                    with contextlib.suppress(JIDError):
-                        watchers[jid] = parse_jid(jid)
-            for full, jid in dict(_data(s).get("directed", {})).items():
-                watchers.setdefault(full, jid)
-            for peer in watchers.values():
-                item = roster.get(str(peer.bare))
-                contact = (item.subscription, frozenset(item.groups)) if item else None
-                was = old is not None and old.denies("presence-out", peer, contact)
-                now = new is not None and new.denies("presence-out", peer, contact)
-                if was == now:
-                    continue
-                if now:
-                    out = make("presence", type="unavailable", frm=s.full, to=str(peer))
-                elif s.presence is not None:
-                    out = copy.deepcopy(s.presence)
-                    out.set("from", s.full)
-                    out.set("to", str(peer))
-                else:
-                    continue
-                pending = router.route(out, s.jid, peer, filtered=True)
-                if pending is not None:
-                    await pending
 
     # Sessions --------------------------------------------------------------------------
 

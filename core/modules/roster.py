@@ -323,10 +323,11 @@ async def roster_get(ctx: IqContext) -> Element | None:
     return query
 
 
-@module.iq("get", QN_ROSTER_QUERY, to="account")
-@module.iq("set", QN_ROSTER_QUERY, to="account")
+@module.iq("get", QN_ROSTER_QUERY, to="account", any_account=True)
+@module.iq("set", QN_ROSTER_QUERY, to="account", any_account=True)
 async def other_roster(ctx: IqContext) -> None:
-    """§2.1.5: only the account itself reads or changes its roster."""
+    """§2.3.3: only the account itself reads or changes its roster; the same ``forbidden``
+    whether or not the account exists, so the answer does not reveal accounts."""
     raise StanzaError("forbidden", "a roster belongs to its account")
 
 

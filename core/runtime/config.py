@@ -491,6 +491,11 @@ class _Loader:
                 self.problems.append(f"s2s.hosts.{name}: expected 'host:port', got {address!r}")
             hosts[domain] = address
         config.s2s.hosts = hosts
+        if config.s2s.trust_store and not Path(config.s2s.trust_store).exists():
+            self.problems.append(
+                f"s2s.trust_store: {config.s2s.trust_store} does not exist "
+                "(a PEM file or a directory of PEM files; empty: the system's roots)"
+            )
         self._components()
         self._contact()
         if not config.node_id:

@@ -21,7 +21,9 @@ The client connects, opens a ``jabber:component:accept`` stream to its domain, p
 shared secret with ``<handshake/>`` (XEP-0114 §3), then dispatches what arrives:
 
 * IQ get/set through ``run_iq``: target ``server`` when addressed to the domain itself,
-  ``entity`` when addressed to a JID with a localpart (a room, a node);
+  ``entity`` when addressed to a JID with a localpart (a room, a node); a handler whose
+  answer depends on a third party hands it to :meth:`ComponentApp.answer_later` and returns,
+  so that the stanzas after it are not held up;
 * IQ result/error to the caller of :meth:`ComponentApp.iq`;
 * messages and presence to the ``message`` and ``presence`` hooks of the modules (a message
   nobody handles is answered with ``service-unavailable``, RFC 6120 §8.3.3.19).
@@ -75,9 +77,10 @@ from core.xmpp.ns import (
     QN_DISCO_INFO,
     QN_IQ,
     QN_MESSAGE,
+    default_ns,
     qn,
 )
-from core.xmpp.stanza import error_reply, kind_of, new_id, serialize, to_client_ns
+from core.xmpp.stanza import error_reply, iq_result, kind_of, new_id, serialize, to_client_ns
 
 __all__ = [
     "QN_HANDSHAKE",
@@ -164,6 +167,10 @@ class ComponentApp:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._chains: dict[str, asyncio.Future[Any]] = {}
         self._waiters: list[asyncio.Future[None]] = []
+        # IQs (by object identity, while their handler runs) that answer_later took over,
+        # and the tasks that will answer them.
+        self._later: set[int] = set()
+        self._answers: set[asyncio.Future[Any]] = set()
 
     # State -----------------------------------------------------------------------------
 
@@ -200,7 +207,9 @@ class ComponentApp:
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop gracefully: no reconnection, no new work, let in-flight handlers finish
-        (at most ``timeout`` seconds), then close the stream."""
+        (at most ``timeout`` seconds), then close the stream. IQs whose answer is still
+        awaited from a third party (:meth:`answer_later`) are answered
+        ``remote-server-timeout`` rather than waited for: that party may never answer."""
         self._running = False
         self._stopping = True
         if self._retry is not None and self._retry.active():
@@ -212,6 +221,11 @@ class ComponentApp:
         if busy:
             log.info("component %s: finishing %d stanzas before closing", self.domain, len(busy))
             await asyncio.wait(busy, timeout=timeout)
+        answers = [t for t in self._answers if not t.done()]
+        for task in answers:
+            task.cancel()
+        if answers:
+            await asyncio.wait(answers, timeout=timeout)
         stream = self._stream
         if stream is not None:
             stream.close_reason = "component shutting down"
@@ -347,6 +361,47 @@ class ComponentApp:
             )
         return reply
 
+    def answer_later(self, iq: Element, answer: Awaitable[Element | None]) -> None:
+        """Answer the IQ get/set ``iq`` (the one an IQ handler is serving) when ``answer``
+        completes, without holding up the stanzas that follow it to the same bare JID.
+
+        For handlers whose answer comes from a third party, e.g. an IQ relayed with
+        :meth:`iq`: the handler calls this and returns; what it returns is then ignored.
+        ``answer`` gives the result payload (or None) or raises StanzaError, as a handler
+        does; anything else it raises is logged and answered ``internal-server-error``.
+        On :meth:`stop`, answers still pending are given up and the IQ is answered
+        ``remote-server-timeout`` (RFC 6120 §8.3.3.16: the sender may try again later).
+
+        Pending answers do not count as work in flight (a party that never answers must not
+        stop the link from being read) but are bounded by ``max_in_flight`` of their own:
+        beyond it ``answer`` is dropped unstarted and the IQ gets ``resource-constraint``."""
+        self._later.add(id(iq))
+        if len(self._answers) >= self.max_in_flight:
+            close = getattr(answer, "close", None) or getattr(answer, "cancel", None)
+            if close is not None:
+                close()
+            self._refuse(iq, StanzaError("resource-constraint", "too many answers pending"))
+            return
+        task = asyncio.ensure_future(self._answer(iq, answer))
+        self._answers.add(task)
+        task.add_done_callback(self._answers.discard)
+
+    async def _answer(self, iq: Element, answer: Awaitable[Element | None]) -> None:
+        reply: Element | None
+        try:
+            reply = iq_result(iq, await answer)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            reply = error_reply(iq, StanzaError("remote-server-timeout", "the component stopped"))
+        except StanzaError as e:
+            reply = error_reply(iq, e)
+        except Exception:
+            log.exception("component %s: answering IQ %s failed", self.domain, iq.get("id"))
+            reply = error_reply(iq, StanzaError("internal-server-error"))
+        if reply is not None:
+            self.send(reply)
+
     def _fail_pending(self, exc: Exception) -> None:
         for fut, _ in list(self._pending.values()):
             if not fut.done():
@@ -413,10 +468,14 @@ class ComponentApp:
             raise StanzaError("jid-malformed") from None
         if el.tag == QN_IQ:
             target: Target = "entity" if to.local is not None else "server"
-            reply = await run_iq(
-                self.dispatcher, el, sender=sender, to=to, target=target, host=self
-            )
-            if reply is not None:
+            try:
+                reply = await run_iq(
+                    self.dispatcher, el, sender=sender, to=to, target=target, host=self
+                )
+            finally:
+                later = id(el) in self._later
+                self._later.discard(id(el))
+            if reply is not None and not later:
                 self.send(reply)
         elif el.tag == QN_MESSAGE:
             if self.dispatcher.has_hooks("message"):
@@ -473,7 +532,7 @@ def _disco_module(app: ComponentApp) -> Module:
     async def info(ctx: IqContext) -> Element:
         if ctx.payload.get("node"):
             raise StanzaError("item-not-found")
-        q = etree.Element(QN_DISCO_INFO, nsmap={None: NS_DISCO_INFO})
+        q = etree.Element(QN_DISCO_INFO, nsmap=default_ns(NS_DISCO_INFO))
         identities = app.dispatcher.identities or [Identity("component", "generic", app.name)]
         for ident in identities:
             i = etree.SubElement(

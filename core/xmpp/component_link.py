@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from core.xmpp.errors import StreamError
 from core.xmpp.ns import NS_COMPONENT, NS_STREAMS, QN_STREAM, QN_STREAM_ERROR, qn
 from core.xmpp.parser import StreamClose, StreamOpen, StreamParser
+from core.xmpp.stream_header import STREAM_CLOSE, header_bytes
 
 if TYPE_CHECKING:
     from core.xmpp.component import ComponentApp
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 Element = etree._Element
 
 QN_HANDSHAKE = qn(NS_COMPONENT, "handshake")
-STREAM_CLOSE = b"</stream:stream>"
 # Larger than the c2s default: a component relays client stanzas with additions of its own.
 DEFAULT_MAX_STANZA_SIZE = 1048576
 
@@ -52,16 +52,9 @@ def handshake_valid(stream_id: str, secret: str, given: str) -> bool:
 
 
 def stream_header(domain: str, instance: str | None) -> bytes:
-    """The header a component opens its stream with (XEP-0114 §3)."""
-    frm = f" from='{domain}/{_attr(instance)}'" if instance else ""
-    return (
-        f"<?xml version='1.0'?><stream:stream xmlns='{NS_COMPONENT}' "
-        f"xmlns:stream='{NS_STREAMS}' to='{domain}'{frm}>"
-    ).encode()
-
-
-def _attr(s: str) -> str:
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace("'", "&apos;")
+    """The header a component opens its stream with (XEP-0114 §3: no version, no id)."""
+    frm = f"{domain}/{instance}" if instance else None
+    return header_bytes(NS_COMPONENT, to=domain, frm=frm, version=None, lang=None)
 
 
 def stream_error_of(el: Element) -> StreamError | None:

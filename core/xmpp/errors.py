@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from lxml import etree
 
-from core.xmpp.ns import NS_STANZAS, NS_STREAM_ERRORS, NS_STREAMS, QN_STREAM_ERROR, qn
+from core.xmpp.ns import (
+    NS_STANZAS,
+    NS_STREAM_ERRORS,
+    NS_STREAMS,
+    QN_STREAM_ERROR,
+    default_ns,
+    qn,
+)
 
 # RFC 6120 §4.9.3: every defined stream error condition.
 STREAM_CONDITIONS = frozenset(
@@ -80,12 +87,14 @@ class StreamError(Exception):
     def to_element(self) -> etree._Element:
         el = etree.Element(QN_STREAM_ERROR, nsmap={"stream": NS_STREAMS})
         cond = etree.SubElement(
-            el, qn(NS_STREAM_ERRORS, self.condition), nsmap={None: NS_STREAM_ERRORS}
+            el, qn(NS_STREAM_ERRORS, self.condition), nsmap=default_ns(NS_STREAM_ERRORS)
         )
         if self.other_host is not None:
             cond.text = self.other_host
         if self.text:
-            t = etree.SubElement(el, qn(NS_STREAM_ERRORS, "text"), nsmap={None: NS_STREAM_ERRORS})
+            t = etree.SubElement(
+                el, qn(NS_STREAM_ERRORS, "text"), nsmap=default_ns(NS_STREAM_ERRORS)
+            )
             t.text = self.text
         return el
 
@@ -119,13 +128,13 @@ class StanzaError(Exception):
 
     def to_element(self, ns: str) -> etree._Element:
         """The ``<error/>`` child for a stanza in the content namespace ``ns``."""
-        el = etree.Element(qn(ns, "error"), nsmap={None: ns})
+        el = etree.Element(qn(ns, "error"), nsmap=default_ns(ns))
         el.set("type", self.type)
         if self.by:
             el.set("by", self.by)
-        etree.SubElement(el, qn(NS_STANZAS, self.condition), nsmap={None: NS_STANZAS})
+        etree.SubElement(el, qn(NS_STANZAS, self.condition), nsmap=default_ns(NS_STANZAS))
         if self.text:
-            t = etree.SubElement(el, qn(NS_STANZAS, "text"), nsmap={None: NS_STANZAS})
+            t = etree.SubElement(el, qn(NS_STANZAS, "text"), nsmap=default_ns(NS_STANZAS))
             t.text = self.text
         if self.app_condition is not None:
             el.append(self.app_condition)

@@ -71,6 +71,8 @@ class IqRoute:
     qname: str
     target: Target
     handler: IqHandler
+    # Also called for bare JIDs of the domain that have no account (see Module.iq).
+    any_account: bool = False
 
 
 @dataclass
@@ -81,8 +83,10 @@ class Module:
     spec: str | None = None
     features: list[str] = field(default_factory=list)
     identities: list[Identity] = field(default_factory=list)
-    # Features advertised on an account's bare JID (XEP-0030 queries to user@domain).
+    # Features and identities advertised on an account's bare JID (XEP-0030 queries to
+    # user@domain, answered by the server), e.g. Identity("pubsub", "pep") for XEP-0163.
     account_features: list[str] = field(default_factory=list)
+    account_identities: list[Identity] = field(default_factory=list)
     iq_routes: list[IqRoute] = field(default_factory=list)
     hooks: dict[str, list[Hook]] = field(default_factory=dict)
     # Callables (session) -> Element | None, called when stream features are offered to a
@@ -90,16 +94,24 @@ class Module:
     stream_features: list[Callable[[Any], Element | None]] = field(default_factory=list)
 
     def iq(
-        self, type: str, qname: str, *, to: Target = "server"
+        self, type: str, qname: str, *, to: Target = "server", any_account: bool = False
     ) -> Callable[[IqHandler], IqHandler]:
-        """Register an IQ handler for ``type`` ('get' or 'set') and the payload ``qname``."""
+        """Register an IQ handler for ``type`` ('get' or 'set') and the payload ``qname``.
+
+        An IQ to a bare JID of the domain with no account behind it is answered
+        ``service-unavailable`` by the router (RFC 6121 §8.5.1) unless its handler for
+        'account' says ``any_account=True``: then the handler answers it too, as it answers
+        anyone who may not see the account, so that the answer does not reveal whether the
+        account exists (XEP-0030 §8: disco#items of an unknown account is an empty result)."""
         if type not in ("get", "set"):
             raise ValueError("IQ handlers serve 'get' or 'set'")
         if to not in TARGETS:
             raise ValueError(f"unknown IQ target {to!r}")
+        if any_account and to != "account":
+            raise ValueError("any_account applies to handlers for 'account'")
 
         def register(fn: IqHandler) -> IqHandler:
-            self.iq_routes.append(IqRoute(type, qname, to, fn))
+            self.iq_routes.append(IqRoute(type, qname, to, fn, any_account))
             return fn
 
         return register
@@ -127,6 +139,7 @@ class Dispatcher:
     def __init__(self, modules: Iterable[Module] = ()) -> None:
         self.modules: list[Module] = []
         self._iq: dict[tuple[str, str], dict[str, IqHandler]] = {}
+        self._any_account: set[tuple[str, str]] = set()
         self._hooks: dict[str, list[Hook]] = {}
         for m in modules:
             self.add(m)
@@ -140,6 +153,8 @@ class Dispatcher:
             if r.target in targets:
                 raise ValueError(f"two handlers for {r.type} {r.qname} to {r.target}")
             targets[r.target] = r.handler
+            if r.any_account:
+                self._any_account.add((r.type, r.qname))
         for event, fns in module.hooks.items():
             self._hooks.setdefault(event, []).extend(fns)
 
@@ -155,6 +170,11 @@ class Dispatcher:
     @property
     def identities(self) -> list[Identity]:
         return [i for m in self.modules for i in m.identities]
+
+    @property
+    def account_identities(self) -> list[Identity]:
+        """The identities the modules add on an account's bare JID, without duplicates."""
+        return list(dict.fromkeys(i for m in self.modules for i in m.account_identities))
 
     def stream_features(self, session: Any) -> list[Element]:
         out = []
@@ -177,6 +197,11 @@ class Dispatcher:
         if handler is None and target == "self":
             handler = targets.get("account")
         return handler
+
+    def serves_any_account(self, type: str, qname: str) -> bool:
+        """Whether the 'account' handler of ``type`` and ``qname`` also answers for bare JIDs
+        that have no account (``Module.iq(..., any_account=True)``)."""
+        return (type, qname) in self._any_account
 
     def serves(self, qname: str) -> bool:
         """Whether any module handles IQs with payload ``qname`` (for any type or target)."""

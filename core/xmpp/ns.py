@@ -3,6 +3,8 @@
 Names are Clark notation (``{namespace}local``) as lxml uses them.
 """
 
+from typing import cast
+
 NS_STREAMS = "http://etherx.jabber.org/streams"
 NS_CLIENT = "jabber:client"
 NS_SERVER = "jabber:server"
@@ -37,6 +39,14 @@ NS_MUC = "http://jabber.org/protocol/muc"
 def qn(ns: str, local: str) -> str:
     """The Clark name of ``local`` in ``ns``."""
     return f"{{{ns}}}{local}"
+
+
+def default_ns(ns: str) -> dict[str, str]:
+    """An lxml ``nsmap`` that declares ``ns`` as the default namespace (``xmlns='...'``).
+
+    lxml takes None as the prefix of the default namespace; lxml-stubs type ``nsmap`` as
+    ``Mapping[str, str]`` and would refuse it, so the one cast for that is here."""
+    return cast("dict[str, str]", {None: ns})
 
 
 QN_STREAM = qn(NS_STREAMS, "stream")

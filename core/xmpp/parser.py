@@ -49,8 +49,9 @@ and is never buffered whole.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
 from lxml import etree
 
@@ -270,8 +271,11 @@ class StreamParser:
         depth = self._open
         deepest = self._max_depth + 1
         max_attrs = self._max_attrs
+        # Only element events are asked for (start, end, comment, pi; comments and PIs are
+        # elements too), so no item is a start-ns/end-ns tuple as lxml-stubs allow for.
+        events = cast("Iterator[tuple[str, etree._Element]]", self._parser.read_events())
         try:
-            for action, el in self._parser.read_events():
+            for action, el in events:
                 if action == "start":
                     depth += 1
                     if depth > deepest:
@@ -297,7 +301,9 @@ class StreamParser:
                             raise StreamError("not-well-formed", "duplicate attribute")
                     if depth == 1:
                         self._root = el
-                        out.append(StreamOpen(el.tag, el.prefix, dict(el.attrib), dict(el.nsmap)))
+                        # lxml gives str names and values on Python 3; lxml-stubs allow bytes.
+                        attrs = dict(cast("dict[str, str]", el.attrib))
+                        out.append(StreamOpen(el.tag, el.prefix, attrs, dict(el.nsmap)))
                         completed = True
                 elif action == "end":
                     depth -= 1
@@ -307,7 +313,8 @@ class StreamParser:
                         # same way (xmlns="jabber:client"); moving the node itself would
                         # make lxml invent a prefix such as ns0: for the default namespace,
                         # which RFC 6120 §4.8 tells us not to generate.
-                        stanza = el.__copy__()
+                        # lxml-stubs lack _Element.__copy__; copy.copy() costs a lookup more.
+                        stanza = el.__copy__()  # type: ignore[attr-defined]
                         stanza.tail = None
                         out.append(stanza)
                         parent = el.getparent()

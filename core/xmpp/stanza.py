@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import copy
 import secrets
+from typing import cast
 
 from lxml import etree
 
 from core.xmpp.errors import StanzaError
-from core.xmpp.ns import NS_CLIENT, QN_IQ, QN_MESSAGE, QN_PRESENCE, qn
+from core.xmpp.ns import NS_CLIENT, QN_IQ, QN_MESSAGE, QN_PRESENCE, default_ns, qn
 
 Element = etree._Element
 
 STANZA_KINDS = {QN_MESSAGE: "message", QN_PRESENCE: "presence", QN_IQ: "iq"}
 _CLIENT_PREFIX = f"{{{NS_CLIENT}}}"
 _CLIENT_DECL = f'xmlns="{NS_CLIENT}"'.encode()
+_CLIENT_NSMAP = default_ns(NS_CLIENT)
 
 MESSAGE_TYPES = frozenset({"normal", "chat", "groupchat", "headline", "error"})
 PRESENCE_TYPES = frozenset(
@@ -46,7 +48,7 @@ def make(
     id: str | None = None,
 ) -> Element:
     """A new stanza of ``kind`` in the client namespace with the given attributes."""
-    el = etree.Element(_CLIENT_PREFIX + kind, nsmap={None: NS_CLIENT})
+    el = etree.Element(_CLIENT_PREFIX + kind, nsmap=_CLIENT_NSMAP)
     if to is not None:
         el.set("to", to)
     if frm is not None:
@@ -60,7 +62,7 @@ def make(
 
 def child(parent: Element, local: str, ns: str = NS_CLIENT, text: str | None = None) -> Element:
     """Append a child element ``{ns}local`` with optional text and return it."""
-    el = etree.SubElement(parent, qn(ns, local), nsmap=None if ns == NS_CLIENT else {None: ns})
+    el = etree.SubElement(parent, qn(ns, local), nsmap=None if ns == NS_CLIENT else default_ns(ns))
     if text is not None:
         el.text = text
     return el
@@ -92,7 +94,7 @@ def error_reply(stanza: Element, error: StanzaError, *, frm: str | None = None) 
     stype = stanza.get("type")
     if stype == "error" or (stanza.tag == QN_IQ and stype == "result"):
         return None
-    reply = etree.Element(stanza.tag, nsmap={None: NS_CLIENT})
+    reply = etree.Element(stanza.tag, nsmap=_CLIENT_NSMAP)
     for name in ("id",):
         v = stanza.get(name)
         if v is not None:
@@ -146,10 +148,13 @@ def to_client_ns(stanza: Element, content_ns: str) -> Element:
 
 def _rename(el: Element, prefix: str, parent: Element | None) -> Element:
     local = el.tag[len(prefix) :]
+    # lxml copies attributes from any mapping, its own _Attrib included; lxml-stubs accept
+    # only a dict there.
+    attrib = cast("dict[str, str]", el.attrib)
     if parent is None:
-        new = etree.Element(_CLIENT_PREFIX + local, el.attrib, nsmap={None: NS_CLIENT})
+        new = etree.Element(_CLIENT_PREFIX + local, attrib, nsmap=_CLIENT_NSMAP)
     else:
-        new = etree.SubElement(parent, _CLIENT_PREFIX + local, el.attrib)
+        new = etree.SubElement(parent, _CLIENT_PREFIX + local, attrib)
     new.text = el.text
     new.tail = el.tail if parent is not None else None
     for c in el:

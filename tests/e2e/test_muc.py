@@ -31,7 +31,7 @@ MUC_ENV = {
     "SWITCHBOARD_COMPONENTS_MUC_INSTANCES": "shard",
 }
 USERS = ("alice", "bob", "carol", "dave")
-PLUGINS = ("xep_0030", "xep_0045", "xep_0199", "xep_0004")
+PLUGINS = ("xep_0030", "xep_0045", "xep_0199", "xep_0004", "xep_0092")
 MUC_USER = "{http://jabber.org/protocol/muc#user}"
 
 
@@ -483,5 +483,136 @@ def test_disconnect_leaves_and_direct_invitations_pass(stack: CoreProcess) -> No
                 timeout=10,
             )
             assert 307 not in codes(gone)
+
+    asyncio.run(run())
+
+
+def test_iqs_to_occupants_are_relayed_without_holding_up_the_room(stack: CoreProcess) -> None:
+    """IQs to room/nick reach the occupant's client from the asker's occupant JID (slixmpp
+    answers the version query); while an occupant's client keeps an IQ unanswered, the room
+    goes on fanning out messages, and the late answer still reaches the asker."""
+    from slixmpp.xmlstream.handler import Callback
+    from slixmpp.xmlstream.matcher import MatchXPath
+
+    room = f"relay@{SERVICE}"
+
+    async def run() -> None:
+        async with clients(stack, "alice", "bob") as (alice, bob):
+            await create_room(alice, room, "Alice")
+            await bob.plugin["xep_0045"].join_muc_wait(room, "Bob", timeout=5)
+            version = await bob.plugin["xep_0092"].get_version(f"{room}/Alice", timeout=5)
+            assert version["from"] == f"{room}/Alice"
+            assert version["software_version"]["name"] == "Slixmpp"
+
+            held: asyncio.Queue[Any] = asyncio.Queue()
+            alice.register_handler(
+                Callback(
+                    "hold",
+                    MatchXPath("{jabber:client}iq/{urn:example:slow}query"),
+                    held.put_nowait,
+                )
+            )
+            ask = bob.make_iq_get(queryxmlns="urn:example:slow", ito=f"{room}/Alice")
+            answered = asyncio.ensure_future(ask.send(timeout=10))
+            request = await asyncio.wait_for(held.get(), 5)
+            assert request["from"] == f"{room}/Bob"
+            bob.send_message(mto=room, mbody="still here", mtype="groupchat")
+            for client in (alice, bob):
+                await groupchat_from(client, room, "still here", timeout=2)
+            assert not answered.done()
+            request.reply().send()
+            result = await asyncio.wait_for(answered, 5)
+            assert (result["type"], result["from"]) == ("result", f"{room}/Alice")
+
+    asyncio.run(run())
+
+
+def test_members_only_room_registration_voice_and_sessions(stack: CoreProcess) -> None:
+    """§7.10 with §9.9: a registration request to a members-only room reaches the owner as
+    an approval form, whose approval makes the requester a member (invited); two sessions
+    of one user share a nick; an availability change is broadcast; §7.13 and §8.6: a
+    visitor's voice request reaches the moderator, whose approval gives voice back."""
+    from slixmpp.exceptions import PresenceError
+
+    room = f"guild@{SERVICE}"
+    register_ns = "jabber:iq:register"
+    data = "{jabber:x:data}"
+
+    async def run() -> None:
+        async with clients(stack, "alice", "bob", "bob") as (alice, bob, bob2):
+            amuc = alice.plugin["xep_0045"]
+            await create_room(
+                alice,
+                room,
+                "Alice",
+                **{"muc#roomconfig_membersonly": True, "muc#roomconfig_moderatedroom": True},
+            )
+            with pytest.raises(PresenceError) as refused:
+                await bob.plugin["xep_0045"].join_muc_wait(room, "Bob", timeout=5)
+            assert refused.value.condition == "registration-required"
+            asked = await bob.make_iq_get(queryxmlns=register_ns, ito=room).send(timeout=5)
+            nick_field = f"{{{register_ns}}}query/{data}x/{data}field[@var='muc#register_roomnick']"
+            assert asked.xml.find(nick_field) is not None
+            iq = bob.make_iq_set(ito=room)
+            iq.xml.append(
+                ElementTree.fromstring(
+                    f"<query xmlns='{register_ns}'><x xmlns='jabber:x:data' type='submit'>"
+                    "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register"
+                    "</value></field><field var='muc#register_roomnick'><value>Bob</value>"
+                    "</field></x></query>"
+                )
+            )
+            await iq.send(timeout=5)
+
+            request = await next_where(
+                alice.inbox, lambda m: m.xml.find(f"{data}x") is not None and m["from"] == room
+            )
+            approval = request.xml.find(f"{data}x")
+            approval.set("type", "submit")
+            for field in approval.iter(f"{data}field"):
+                if field.get("var") == "muc#register_allow":
+                    field.find(f"{data}value").text = "1"
+            answer = alice.make_message(mto=room)
+            answer.xml.append(approval)
+            answer.send()
+            invite = await next_where(bob.inbox, lambda m: m["from"] == room)
+            assert invite["muc"]["invite"]["from"].bare == "alice@localhost"
+            members = await amuc.get_affiliation_list(room, "member", timeout=5)
+            assert [str(j) for j in members] == ["bob@localhost"]
+
+            # Both of Bob's sessions join as Bob; Alice sees one occupant.
+            pres, _, _, _ = await bob.plugin["xep_0045"].join_muc_wait(room, "Bob", timeout=5)
+            assert pres["muc"]["affiliation"] == "member" and pres["muc"]["role"] == "participant"
+            _, _, present, _ = await bob2.plugin["xep_0045"].join_muc_wait(room, "Bob", timeout=5)
+            assert sorted(p["from"].resource for p in present) == ["Alice", "Bob"]
+            bob2.send_presence(pto=f"{room}/Bob", pshow="away")
+            away = await next_where(
+                alice.room_presences, lambda p: p["from"] == f"{room}/Bob" and p["show"] == "away"
+            )
+            assert away["muc"]["role"] == "participant"
+
+            # Bob loses his voice and asks for it back; Alice's approval restores it.
+            await amuc.set_role(room, "Bob", "visitor", timeout=5)
+            await next_where(
+                bob.room_presences,
+                lambda p: p["from"] == f"{room}/Bob" and p["muc"]["role"] == "visitor",
+            )
+            bob.plugin["xep_0045"].request_voice(room, "participant")
+            asked = await next_where(
+                alice.inbox,
+                lambda m: m["from"] == room and m.xml.find(f"{data}x") is not None,
+            )
+            grant = asked.xml.find(f"{data}x")
+            grant.set("type", "submit")
+            for field in grant.iter(f"{data}field"):
+                if field.get("var") == "muc#request_allow":
+                    field.find(f"{data}value").text = "true"
+            answer = alice.make_message(mto=room)
+            answer.xml.append(grant)
+            answer.send()
+            await next_where(
+                bob2.room_presences,
+                lambda p: p["from"] == f"{room}/Bob" and p["muc"]["role"] == "participant",
+            )
 
     asyncio.run(run())

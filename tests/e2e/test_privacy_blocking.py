@@ -264,13 +264,26 @@ def test_restart_keeps_blocks_and_lists(
     make_core: Callable[..., CoreProcess], run_async: Any
 ) -> None:
     """Blocks and privacy lists live in Redis: after a core restart they are listed and
-    enforced as before."""
+    enforced as before, and a list other than the blocklist keeps its items."""
     core = make_core()
     alice, bob = users(core, "keep-alice", "keep-bob")
+    quiet = (
+        "<list name='quiet'><item type='subscription' value='none' action='deny' order='5'>"
+        "<message/></item><item action='allow' order='9'/></list>"
+    )
 
     async def before() -> None:
         async with slix_client(core.c2s_port, f"{alice}/a", PASSWORD, plugins=PLUGINS) as a:
             await a.plugin["xep_0191"].block([bob, "spam.example"])
+        raw = RawClient(core.c2s_port)
+        await raw.login("keep-alice", PASSWORD, resource="raw")
+        try:
+            reply = await raw_iq(
+                raw, f"<iq type='set' id='q1'><query xmlns='{PRIVACY}'>{quiet}</query></iq>", "q1"
+            )
+            assert reply.get("type") == "result", etree.tostring(reply)
+        finally:
+            await raw.close()
 
     async def after() -> None:
         async with (
@@ -279,6 +292,28 @@ def test_restart_keeps_blocks_and_lists(
         ):
             blocked = {str(j) for j in await a.plugin["xep_0191"].get_blocked_jids()}
             assert blocked == {bob, "spam.example"}
+            raw = RawClient(core.c2s_port)
+            await raw.login("keep-alice", PASSWORD, resource="raw")
+            try:
+                get = f"<iq type='get' id='q2'><query xmlns='{PRIVACY}'><list name='quiet'/>"
+                reply = await raw_iq(raw, get + "</query></iq>", "q2")
+                found = reply.find(f"{{{PRIVACY}}}query/{{{PRIVACY}}}list")
+                assert found is not None, etree.tostring(reply)
+                assert [
+                    (
+                        i.get("type"),
+                        i.get("value"),
+                        i.get("action"),
+                        i.get("order"),
+                        [etree.QName(c).localname for c in i],
+                    )
+                    for i in found
+                ] == [
+                    ("subscription", "none", "deny", "5", ["message"]),
+                    (None, None, "allow", "9", []),
+                ]
+            finally:
+                await raw.close()
             errors = collect(b, "message_error")
             b.send_message(mto=f"{alice}/a", mbody="after restart", mtype="chat")
             bounced = await asyncio.wait_for(errors.get(), TIMEOUT)

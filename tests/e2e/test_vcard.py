@@ -1,16 +1,21 @@
 """End-to-end vcard-temp (XEP-0054) against a real core and Redis with slixmpp clients: a
-round trip, another user's view, the refusals, and a core restart that keeps the vCard."""
+round trip, another user's view, the refusals, a core restart that keeps the vCard, and the
+XEP-0153 avatar hash the server puts into presence."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis.asyncio
 from slixmpp.exceptions import IqError
 
+from core.storage.roster import RosterItem, RosterStore
 from tests.harness import CoreProcess, RawClient, slix_client
 
 PASSWORD = "e2e-vcard-secret-3"
@@ -115,3 +120,49 @@ def test_vcard_survives_a_restart(make_core: Callable[..., CoreProcess], run_asy
     run_async(before())
     core.restart()
     run_async(after())
+
+
+def test_avatar_hash_in_presence(core: CoreProcess, run_async: Any) -> None:
+    """XEP-0153: once Alice's vCard has a photo, Bob (subscribed to her presence) sees its
+    SHA-1 in her presence, at once (the server broadcasts again) and in the initial presence
+    of her next session, without her client adding anything."""
+    alice, bob = users(core, "vc-av-alice", "vc-av-bob")
+    mutual_subscription(core, alice, bob)
+    digest = hashlib.sha1(base64.b64decode(PHOTO)).hexdigest()
+
+    def avatar(p: Any) -> str | None:
+        photo = p.xml.find("{vcard-temp:x:update}x/{vcard-temp:x:update}photo")
+        return None if photo is None else (photo.text or "")
+
+    async def presence_from(client: Any, frm: str, digest: str) -> None:
+        deadline = time.monotonic() + 5
+        while True:
+            p = await asyncio.wait_for(client.presences.get(), deadline - time.monotonic())
+            if str(p["from"]) == frm and p["type"] == "available" and avatar(p) == digest:
+                return
+
+    async def scenario() -> None:
+        async with slix_client(core.c2s_port, f"{bob}/b", PASSWORD, plugins=PLUGINS) as b:
+            async with slix_client(core.c2s_port, f"{alice}/a", PASSWORD, plugins=PLUGINS) as a:
+                await publish(a, "alice")
+                await presence_from(b, f"{alice}/a", digest)
+            async with slix_client(core.c2s_port, f"{alice}/a2", PASSWORD, plugins=PLUGINS):
+                await presence_from(b, f"{alice}/a2", digest)
+
+    run_async(scenario())
+
+
+def mutual_subscription(core: CoreProcess, one: str, other: str) -> None:
+    """Both accounts see each other's presence (RFC 6121 'both'), written before any login."""
+
+    async def write() -> None:
+        client = redis.asyncio.Redis.from_url(core.redis_url)
+        try:
+            store = RosterStore(client)
+            for owner, contact in ((one, other), (other, one)):
+                items = {contact: RosterItem(contact, subscription="both")}
+                await store.write(owner, version="e-1", items=items)
+        finally:
+            await client.aclose()
+
+    asyncio.run(write())

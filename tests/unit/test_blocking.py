@@ -187,8 +187,9 @@ def test_inbound_from_blocked_contact(redis_client: Any, run_async: Any) -> None
 
 
 def test_outbound_to_blocked_contact(redis_client: Any, run_async: Any) -> None:
-    """§5.3: a stanza to a blocked JID is not routed: not-acceptable with <blocked/>;
-    presence to it is dropped without an error."""
+    """§5.3: a stanza to a blocked JID is not routed: not-acceptable with <blocked/>, for the
+    presence the client addresses to it too (directed presence, a subscription request, which
+    then changes nothing in the roster)."""
 
     async def scenario(im: Im) -> None:
         await im.accounts("alice", "bob")
@@ -199,6 +200,7 @@ def test_outbound_to_blocked_contact(redis_client: Any, run_async: Any) -> None:
         await send(im, a, f"<message to='{B}/pc' id='m1' type='chat'><body>hi</body></message>")
         await send(im, a, f"<iq to='{B}/pc' id='q1' type='get'><ping xmlns='urn:xmpp:ping'/></iq>")
         await send(im, a, f"<presence to='{B}'/>")
+        await send(im, a, f"<presence to='{B}' type='subscribe' id='s1'/>")
         assert b.take() == []
         blocked = (
             f"<error type='cancel'><not-acceptable {ERR}/>"
@@ -210,7 +212,10 @@ def test_outbound_to_blocked_contact(redis_client: Any, run_async: Any) -> None:
             "</message>",
             f"<iq type='error' id='q1' to='{A}/a' from='{B}/pc'><ping xmlns='urn:xmpp:ping'/>"
             f"{blocked}</iq>",
+            f"<presence type='error' to='{A}/a' from='{B}'>{blocked}</presence>",
+            f"<presence type='error' id='s1' to='{A}/a' from='{B}'>{blocked}</presence>",
         )
+        assert (await im.core.rosters.get(A)).items == {}
 
     run_im(run_async, redis_client, scenario)
 
@@ -250,7 +255,9 @@ def test_jid_matching_forms(redis_client: Any, run_async: Any) -> None:
 
 def test_presence_on_block_and_unblock(redis_client: Any, run_async: Any) -> None:
     """§5.3, §5.4: blocking sends unavailable presence to a contact allowed to see the user's
-    presence; unblocking sends the current presence. Others get nothing."""
+    presence, and the user's resources get unavailable from the contact (XEP-0016 §2.10 note,
+    as the block covers presence-in); unblocking sends the current presence both ways (the
+    contact's through a probe). Others get nothing."""
 
     async def scenario(im: Im) -> None:
         await im.accounts("alice", "bob", "carol")
@@ -264,9 +271,28 @@ def test_presence_on_block_and_unblock(redis_client: Any, run_async: Any) -> Non
         await send(im, a, block(B, C))
         assert_stanzas(b.take(), f"<presence type='unavailable' from='{A}/a' to='{B}'/>")
         assert c.take() == []
+        push = (
+            f"<iq type='set' id='*' to='{A}/a'><query xmlns='jabber:iq:privacy'>"
+            "<list name='blocklist'/></query></iq>"
+        )
+        assert_stanzas(
+            a.take(),
+            f"<iq type='result' id='b1' to='{A}/a' from='{A}'/>",
+            push,
+            f"<presence type='unavailable' from='{B}/pc' to='{A}/a'/>",
+        )
+        await send(im, b, "<presence><show>chat</show></presence>")
+        assert a.take() == []
+        b.take()
         await send(im, a, unblock(B, C))
         assert_stanzas(b.take(), f"<presence from='{A}/a' to='{B}'><show>dnd</show></presence>")
         assert c.take() == []
+        assert_stanzas(
+            a.take(),
+            f"<iq type='result' id='u1' to='{A}/a' from='{A}'/>",
+            push,
+            f"<presence from='{B}/pc' to='{A}'><show>chat</show></presence>",
+        )
 
     run_im(run_async, redis_client, scenario)
 

@@ -54,6 +54,7 @@ def iq(itype: str) -> str:
 
 
 NOBODY = "nobody@localhost"
+ITEMS_GET = "<iq id='x' type='get'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>"
 AVAILABLE = ["hi", "lo", "neg"]
 PROBED = [f"{B}/hi", f"{B}/lo", f"{B}/neg"]
 IDLE_ONLY: dict[str, int | None] = {"idle": None}
@@ -66,6 +67,8 @@ CASES = [
     Case("unknown/headline", m("headline"), NOBODY, []),
     Case("unknown/error", m("error"), NOBODY, []),
     Case("unknown/iq-get", iq("get"), NOBODY, [], "service-unavailable"),
+    # XEP-0030 §8: disco#items of a missing account is an empty result, as for a stranger.
+    Case("unknown/iq-disco-items", ITEMS_GET, NOBODY, [], answers=[NOBODY]),
     Case("unknown/iq-set-full", iq("set"), f"{NOBODY}/r", [], "service-unavailable"),
     Case("unknown/presence", p(), NOBODY, []),
     Case("unknown/unavailable", p("unavailable"), NOBODY, []),

@@ -3,6 +3,7 @@ truthfulness walk: every feature the server or an account advertises must be ser
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from lxml import etree
 from core.runtime.config import ComponentConfig, ConfigError, load_config
 from core.storage.roster import RosterItem, RosterStore
 from core.xmpp.errors import StanzaError
-from core.xmpp.module import IqContext, Module
+from core.xmpp.module import Identity, IqContext, Module
 from core.xmpp.ns import NS_BLOCKING, NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PRIVACY, NS_VCARD
 from tests.unit.helpers import assert_xml, settle
 from tests.unit.test_roster_harness import Im, assert_stanzas, run_im
@@ -176,6 +177,108 @@ def test_account_items(redis_client: Any, run_async: Any) -> None:
             [other],
             f"<iq type='result' id='t2' to='carol@localhost/pc' from='{A}'><query {ITEMS}/></iq>",
         )
+
+    run_im(run_async, redis_client, scenario)
+
+
+def test_unknown_account_items_are_empty(redis_client: Any, run_async: Any) -> None:
+    """§8 rule 2: disco#items of an account that does not exist is an empty result, with or
+    without a node (info stays service-unavailable, rule 1); a stranger asking an existing
+    account with a node gets the same empty result, while the account itself gets
+    item-not-found for the node."""
+
+    async def scenario(im: Im) -> None:
+        await im.accounts("alice", "carol")
+        a = await im.login(f"{A}/a")
+        c = await im.login("carol@localhost/pc")
+        for to in ("nobody@localhost", A):
+            for node in ("", " node='x'"):
+                reply = await ask(
+                    im, c, f"<iq to='{to}' type='get' id='u1'><query {ITEMS}{node}/></iq>"
+                )
+                assert_stanzas(
+                    [reply],
+                    f"<iq type='result' id='u1' to='carol@localhost/pc' from='{to}'>"
+                    f"<query {ITEMS}/></iq>",
+                )
+        info = await ask(
+            im, c, f"<iq to='nobody@localhost' type='get' id='u2'><query {INFO}/></iq>"
+        )
+        assert condition(info) == "service-unavailable"
+        own = await ask(im, a, f"<iq type='get' id='u3'><query {ITEMS} node='x'/></iq>")
+        assert condition(own) == "item-not-found"
+
+    run_im(run_async, redis_client, scenario)
+
+
+# What a stranger may send to an account's bare JID: each must be answered alike whether the
+# account exists or not (XEP-0030 §8, XEP-0054 §3.3, XEP-0012 §8, RFC 6121 §2.3.3).
+STRANGER_IQS = [
+    f"<iq type='get' id='s'><query {INFO}/></iq>",
+    f"<iq type='get' id='s'><query {INFO} node='x'/></iq>",
+    f"<iq type='get' id='s'><query {ITEMS}/></iq>",
+    f"<iq type='get' id='s'><query {ITEMS} node='x'/></iq>",
+    f"<iq type='get' id='s'><vCard xmlns='{NS_VCARD}'/></iq>",
+    f"<iq type='set' id='s'><vCard xmlns='{NS_VCARD}'><FN>x</FN></vCard></iq>",
+    "<iq type='get' id='s'><query xmlns='jabber:iq:roster'/></iq>",
+    "<iq type='set' id='s'><query xmlns='jabber:iq:roster'><item jid='x@localhost'/></query></iq>",
+    "<iq type='get' id='s'><query xmlns='jabber:iq:last'/></iq>",
+    f"<iq type='get' id='s'><query xmlns='{NS_PRIVACY}'/></iq>",
+    f"<iq type='get' id='s'><blocklist xmlns='{NS_BLOCKING}'/></iq>",
+    "<iq type='get' id='s'><ping xmlns='urn:xmpp:ping'/></iq>",
+    "<iq type='get' id='s'><query xmlns='urn:example:unknown'/></iq>",
+]
+
+
+def test_answers_do_not_reveal_accounts(redis_client: Any, run_async: Any) -> None:
+    """Every IQ a stranger (a local user or another server's) sends to an existing account
+    that does not share its presence with it gets the same answer as one to an account that
+    does not exist, so IQs cannot be used to harvest accounts."""
+
+    def shape(reply: etree._Element, to: str) -> bytes:
+        out = copy.deepcopy(reply)
+        assert out.get("from") == to
+        del out.attrib["from"]
+        return etree.tostring(out)
+
+    async def scenario(im: Im) -> None:
+        await im.accounts("alice", "carol")
+        await im.login(f"{A}/a")
+        c = await im.login("carol@localhost/pc")
+        for text in STRANGER_IQS:
+            answers = []
+            for to in (A, "nobody@localhost"):
+                answers.append(shape(await ask(im, c, text.replace("<iq", f"<iq to='{to}'")), to))
+            assert answers[0] == answers[1], text
+            for to in (A, "nobody@localhost"):
+                await im.receive(
+                    text.replace("<iq", f"<iq from='eve@remote.example/x' to='{to}'", 1)
+                )
+            replies = im.remote.take()
+            assert len(replies) == 2, text
+            remote = [shape(r, to) for r, to in zip(replies, (A, "nobody@localhost"), strict=True)]
+            assert remote[0] == remote[1], text
+
+    run_im(run_async, redis_client, scenario)
+
+
+def test_account_identities_from_modules(redis_client: Any, run_async: Any) -> None:
+    """An account's disco#info carries account/registered and the identities the loaded
+    modules declare for accounts (e.g. pubsub/pep), for the account and its contacts."""
+
+    async def scenario(im: Im) -> None:
+        im.core.dispatcher.add(Module("pep", account_identities=[Identity("pubsub", "pep")]))
+        await im.accounts("alice")
+        a = await im.login(f"{A}/a")
+        reply = await ask(im, a, f"<iq to='{A}' type='get' id='i1'><query {INFO}/></iq>")
+        identities = [
+            (i.get("category"), i.get("type")) for i in reply.iter(f"{{{NS_DISCO_INFO}}}identity")
+        ]
+        assert identities == [("account", "registered"), ("pubsub", "pep")]
+        server = await ask(im, a, f"<iq to='localhost' type='get' id='i2'><query {INFO}/></iq>")
+        assert ("pubsub", "pep") not in [
+            (i.get("category"), i.get("type")) for i in server.iter(f"{{{NS_DISCO_INFO}}}identity")
+        ]
 
     run_im(run_async, redis_client, scenario)
 

@@ -92,6 +92,44 @@ def test_refusals(redis_client: Any, run_async: Any) -> None:
     run_im(run_async, redis_client, scenario)
 
 
+def test_privacy_and_unknown_accounts(redis_client: Any, run_async: Any) -> None:
+    """XEP-0012 §8: a subscribed contact from whom the account hides its presence
+    (presence-out in its default privacy list) is forbidden too; an account that does not
+    exist gives the same forbidden as one that does, so the answer reveals no account."""
+
+    async def scenario(im: Im) -> None:
+        await im.accounts("juliet", "romeo")
+        await RosterStore(im.redis).write(
+            J, version="e-1", items={R: RosterItem(R, subscription="both")}
+        )
+        j = await im.login(f"{J}/balcony")
+        r = await im.login(f"{R}/orchard")
+        await im.send(r, _ask(J))
+        assert [s.get("type") for s in r.take() if s.get("id") == "l"] == ["result"]
+        hide = (
+            "<iq type='set' id='p1'><query xmlns='jabber:iq:privacy'><list name='hide'>"
+            f"<item type='jid' value='{R}' action='deny' order='1'><presence-out/></item>"
+            "</list></query></iq>"
+        )
+        await im.send(j, hide)
+        await im.send(
+            j,
+            "<iq type='set' id='p2'><query xmlns='jabber:iq:privacy'>"
+            "<default name='hide'/></query></iq>",
+        )
+        await im.logout(j)
+        forbidden = f"<error type='auth'><forbidden {ERR}/><text {ERR}>*</text></error>"
+        for to in (J, "nobody@localhost"):
+            await im.send(r, _ask(to))
+            assert_stanzas(
+                r.take(),
+                f"<iq type='error' id='l' to='{R}/orchard' from='{to}'><query {LAST}/>"
+                f"{forbidden}</iq>",
+            )
+
+    run_im(run_async, redis_client, scenario)
+
+
 def test_last_activity_store(redis_client: Any, run_async: Any) -> None:
     """The store keeps the time and the presence; nothing recorded reads as None."""
 

@@ -307,13 +307,43 @@ def test_server_disco_items_and_nodes() -> None:
 
 
 def test_account_disco_info_uses_account_features() -> None:
-    """An account's info (here asked by the account itself): the account identity and the
-    modules' account features."""
-    pep = Module("pep", account_features=["http://jabber.org/protocol/pubsub#publish"])
-    d = Dispatcher([disco.module, pep])
+    """An account's info (here asked by the account itself): the account identity, the
+    modules' account identities (once each) and the modules' account features."""
+    pep = Module(
+        "pep",
+        account_features=["http://jabber.org/protocol/pubsub#publish"],
+        account_identities=[Identity("pubsub", "pep")],
+    )
+    again = Module("pep-too", account_identities=[Identity("pubsub", "pep")])
+    d = Dispatcher([disco.module, pep, again])
     iq = request(f"<query xmlns='{NS_DISCO_INFO}'/>")
     reply = serve(d, iq, target="self", to=SENDER.bare)
     query = reply.find(qn(NS_DISCO_INFO, "query"))
-    assert query[0].get("category") == "account" and query[0].get("type") == "registered"
+    identities = [
+        (i.get("category"), i.get("type")) for i in query.iter(qn(NS_DISCO_INFO, "identity"))
+    ]
+    assert identities == [("account", "registered"), ("pubsub", "pep")]
     features = [f.get("var") for f in query.iter(qn(NS_DISCO_INFO, "feature"))]
     assert "http://jabber.org/protocol/pubsub#publish" in features and NS_DISCO_INFO in features
+
+
+def test_account_identities_and_any_account_registration() -> None:
+    """Account identities are the union over modules without repeats (not server identities);
+    ``any_account`` is recorded per (type, payload) and only for 'account' handlers."""
+    a = Module("a", account_identities=[Identity("pubsub", "pep"), Identity("x", "y")])
+    b = Module("b", account_identities=[Identity("pubsub", "pep")])
+
+    @a.iq("get", QN_A, to="account", any_account=True)
+    async def open_to_all(ctx: IqContext) -> None: ...
+
+    @a.iq("set", QN_A, to="account")
+    async def not_open(ctx: IqContext) -> None: ...
+
+    d = Dispatcher([a, b])
+    assert d.account_identities == [Identity("pubsub", "pep"), Identity("x", "y")]
+    assert d.identities == []
+    assert d.serves_any_account("get", QN_A)
+    assert not d.serves_any_account("set", QN_A)
+    assert not d.serves_any_account("get", QN_B)
+    with pytest.raises(ValueError, match="any_account"):
+        Module("m").iq("get", QN_B, to="self", any_account=True)

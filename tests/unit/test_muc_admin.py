@@ -319,3 +319,87 @@ def test_members_see_the_member_list_of_a_members_only_room(muc: Muc, run_async:
         "hag66@shakespeare.lit",
         "wiccarocks@shakespeare.lit",
     ]
+
+
+def test_banning_oneself_is_a_conflict(muc: Muc, run_async: Run) -> None:
+    """§9.1: an admin or owner who tries to ban themselves gets conflict, and stays."""
+    _room(muc, run_async)
+    admin_set(muc, run_async, CRONE, "<item affiliation='owner' jid='hag66@shakespeare.lit'/>")
+    out = admin_set(
+        muc, run_async, CRONE, "<item affiliation='outcast' jid='crone1@shakespeare.lit'/>"
+    )
+    assert error_condition(out[-1]) == "conflict"
+    assert muc.service.rooms[ROOM].affiliation("crone1@shakespeare.lit") == "owner"
+
+
+def test_affiliation_changes_of_absent_users_are_told_with_101(muc: Muc, run_async: Run) -> None:
+    """§9.3 and the status code registry: a user who is not in the room learns of a new
+    affiliation by a message from the room to their bare JID with status 101; a new member
+    of a members-only room gets an invitation instead (§9.5); a banned server gets nothing."""
+    _room(muc, run_async)
+    out = admin_set(
+        muc,
+        run_async,
+        CRONE,
+        "<item affiliation='member' jid='hecate@shakespeare.lit'><reason>welcome</reason></item>",
+    )
+    expect(
+        out[0],
+        f"""<message from='{ROOM}' to='hecate@shakespeare.lit' type='headline' id='*'>
+          <x xmlns='{USER}'><item affiliation='member' jid='hecate@shakespeare.lit'>
+          <reason>welcome</reason></item><status code='101'/></x><body>*</body></message>""",
+    )
+    assert out[-1].get("type") == "result" and len(out) == 2
+    out = admin_set(
+        muc, run_async, CRONE, "<item affiliation='outcast' jid='macbeth@shakespeare.lit'/>"
+    )
+    assert out[0].get("to") == "macbeth@shakespeare.lit" and statuses(out[0]) == {"101"}
+    out = admin_set(muc, run_async, CRONE, "<item affiliation='outcast' jid='evil.lit'/>")
+    assert [e.get("type") for e in out] == ["result"]
+    # An occupant's change is announced by presence, not by 101.
+    out = admin_set(
+        muc, run_async, CRONE, "<item affiliation='member' jid='hag66@shakespeare.lit'/>"
+    )
+    assert all("101" not in statuses(e) for e in out)
+    assert {e.get("to") for e in out if e.tag.endswith("presence")} == {CRONE, WITCH, HAG}
+    # Members-only: the new member is invited (with the password) by the admin who added them.
+    run_async(
+        muc.configure(
+            CRONE,
+            "<field var='muc#roomconfig_membersonly'><value>1</value></field>"
+            "<field var='muc#roomconfig_passwordprotectedroom'><value>1</value></field>"
+            "<field var='muc#roomconfig_roomsecret'><value>cauldronburn</value></field>",
+        )
+    )
+    out = admin_set(muc, run_async, CRONE, "<item affiliation='member' jid='duncan@scotland.lit'/>")
+    expect(
+        out[0],
+        f"""<message from='{ROOM}' to='duncan@scotland.lit' id='*'>
+          <x xmlns='{USER}'><invite from='crone1@shakespeare.lit'/>
+          <password>cauldronburn</password></x><body>*</body></message>""",
+    )
+
+
+def test_ban_list_and_moderator_list_change_by_jid(muc: Muc, run_async: Run) -> None:
+    """§9.2 and §9.8: admins send list deltas by JID; every banned occupant leaves with 301
+    and a moderator granted by JID is announced."""
+    _room(muc, run_async)
+    out = admin_set(
+        muc,
+        run_async,
+        CRONE,
+        "<item affiliation='outcast' jid='hag66@shakespeare.lit'><reason>Treason</reason></item>"
+        "<item affiliation='outcast' jid='lordscroop@shakespeare.lit'/>",
+    )
+    assert statuses(by_recipient(out)[HAG][0]) == {"110", "301"}
+    assert statuses(by_recipient(out)[WITCH][0]) == {"301"}
+    bans = admin_get(muc, run_async, CRONE, "<item affiliation='outcast'/>")
+    assert [i.get("jid") for i in bans.iter(f"{{{ADMIN}}}item")] == [
+        "hag66@shakespeare.lit",
+        "lordscroop@shakespeare.lit",
+    ]
+    out = admin_set(muc, run_async, CRONE, f"<item jid='{WITCH}' role='moderator'/>")
+    item = by_recipient(out)[CRONE][0].find(f"{{{USER}}}x/{{{USER}}}item")
+    assert item is not None and item.get("role") == "moderator"
+    mods = admin_get(muc, run_async, CRONE, "<item role='moderator'/>")
+    assert sorted(i.get("jid") for i in mods.iter(f"{{{ADMIN}}}item")) == sorted([CRONE, WITCH])

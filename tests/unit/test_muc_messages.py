@@ -132,7 +132,8 @@ def test_subject_changes(muc: Muc, run_async: Run) -> None:
 
 def test_private_messages(muc: Muc, run_async: Run) -> None:
     """§7.5: a private message goes to the occupant from the sender's occupant JID with an
-    empty muc#user extension; groupchat type is bad-request; unknown nick item-not-found."""
+    empty muc#user extension and the sender's occupant id (XEP-0421 §4); groupchat type is
+    bad-request; unknown nick item-not-found."""
     _room(muc, run_async)
     out = run_async(
         muc.send(
@@ -143,7 +144,7 @@ def test_private_messages(muc: Muc, run_async: Run) -> None:
     expect(
         out[0],
         f"""<message from='{ROOM}/secondwitch' to='{CRONE}' type='chat' id='p1'>
-          <body>I'll give thee a wind.</body><x xmlns='{USER}'/></message>""",
+          <body>I'll give thee a wind.</body><x xmlns='{USER}'/>{OCC}</message>""",
     )
     out = run_async(
         muc.send(

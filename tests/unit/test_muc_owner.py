@@ -7,6 +7,7 @@ from __future__ import annotations
 from lxml import etree
 
 from tests.unit.test_muc_transcript import (
+    OCC,
     ROOM,
     SERVICE,
     USER,
@@ -188,7 +189,7 @@ def test_destroy(muc: Muc, run_async: Run) -> None:
         f"""<presence from='{ROOM}/thirdwitch' to='{HAG}' type='unavailable' id='*'>
           <x xmlns='{USER}'><item affiliation='none' role='none'/>
           <destroy jid='coven@conference.localhost'><reason>Macbeth doth come.</reason></destroy>
-          <status code='110'/></x></presence>""",
+          <status code='110'/></x>{OCC}</presence>""",
     )
     assert out[-1].get("type") == "result"
     assert run_async(muc.service.store.version(ROOM)) is None
@@ -292,3 +293,64 @@ def test_iq_to_another_occupant_is_forwarded(muc: Muc, run_async: Run) -> None:
         )
     )
     assert error_condition(out[-1]) == "not-acceptable"
+
+
+def test_admin_and_owner_lists_in_the_configuration_form(muc: Muc, run_async: Run) -> None:
+    """§10.2: the form carries the full admin and owner lists (roomadmins, roomowners);
+    submitting them changes the affiliations as muc#admin would, with the presence each
+    change sends; a bad list changes nothing at all."""
+    run_async(muc.create(CRONE, "firstwitch"))
+    run_async(muc.join(HAG, "thirdwitch"))
+    out = run_async(
+        muc.configure(
+            CRONE,
+            "<field var='muc#roomconfig_roomadmins'><value>hag66@shakespeare.lit</value>"
+            "<value>hecate@shakespeare.lit</value></field>",
+        )
+    )
+    hag_seen = by_recipient(out)[CRONE][0].find(f"{{{USER}}}x/{{{USER}}}item")
+    assert hag_seen is not None
+    assert (hag_seen.get("affiliation"), hag_seen.get("role")) == ("admin", "moderator")
+    notice = by_recipient(out)["hecate@shakespeare.lit"][0]
+    assert statuses(notice) == {"101"}
+    out = run_async(
+        muc.send(f"<iq type='get' id='c' from='{CRONE}' to='{ROOM}'><query xmlns='{OWNER}'/></iq>")
+    )
+    fields = fields_of(out[-1].find(f"{{{OWNER}}}query/{{{DATA}}}x"))  # type: ignore[arg-type]
+    assert fields["muc#roomconfig_roomadmins"] == [
+        "hag66@shakespeare.lit",
+        "hecate@shakespeare.lit",
+    ]
+    assert fields["muc#roomconfig_roomowners"] == ["crone1@shakespeare.lit"]
+    # Refused, and nothing changes: no owner left, someone on both lists, a bad JID.
+    for lists in (
+        "<field var='muc#roomconfig_roomowners'/>",
+        "<field var='muc#roomconfig_roomowners'><value>hag66@shakespeare.lit</value>"
+        "<value>crone1@shakespeare.lit</value></field>"
+        "<field var='muc#roomconfig_roomadmins'><value>hag66@shakespeare.lit</value></field>",
+        "<field var='muc#roomconfig_roomadmins'><value>@@</value></field>",
+    ):
+        out = run_async(
+            muc.configure(
+                CRONE, "<field var='muc#roomconfig_roomname'><value>x</value></field>" + lists
+            )
+        )
+        assert error_condition(out[-1]) in ("conflict", "not-acceptable"), lists
+        stored = run_async(muc.service.store.load(ROOM, 10))
+        assert stored.config.name == "" and stored.owners() == ["crone1@shakespeare.lit"]
+        assert stored.affiliation("hag66@shakespeare.lit") == "admin"
+    # The owner hands the room over: the hag owns it, the crone is no longer affiliated.
+    out = run_async(
+        muc.configure(
+            CRONE,
+            "<field var='muc#roomconfig_roomowners'><value>hag66@shakespeare.lit</value></field>"
+            "<field var='muc#roomconfig_roomadmins'/>",
+        )
+    )
+    assert out[-1].get("type") == "result"
+    room = run_async(muc.service.store.load(ROOM, 10))
+    assert room.owners() == ["hag66@shakespeare.lit"]
+    assert room.affiliation("crone1@shakespeare.lit") == "none"
+    assert room.affiliation("hecate@shakespeare.lit") == "none"
+    assert room.occupants["firstwitch"].role == "participant"
+    assert room.occupants["thirdwitch"].role == "moderator"

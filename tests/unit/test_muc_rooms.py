@@ -448,3 +448,88 @@ def test_registering_reserves_a_nick(muc: Muc, run_async: Run) -> None:
           <registered/><username>thirdwitch</username></query></iq>""",
     )
     assert error_condition(submit(WITCH, "thirdwitch")[-1]) == "conflict"
+
+
+def test_members_only_registration_is_approved_by_admins(muc: Muc, run_async: Run) -> None:
+    """§7.10 and §9.9: in a members-only room a registration request is received (result)
+    and put to each admin and owner as the muc#register approval form; a mere member cannot
+    approve; the owner's approval makes the requester a member, invited to the room."""
+    run_async(muc.create(CRONE, "firstwitch", **{"muc#roomconfig_membersonly": "1"}))
+    run_async(
+        muc.send(
+            f"<iq type='set' id='a' from='{CRONE}' to='{ROOM}'>"
+            "<query xmlns='http://jabber.org/protocol/muc#admin'>"
+            "<item affiliation='admin' jid='wiccarocks@shakespeare.lit'/>"
+            "<item affiliation='member' jid='macbeth@shakespeare.lit'/></query></iq>"
+        )
+    )
+    out = run_async(
+        muc.send(
+            f"<iq type='set' id='r2' from='{HAG}' to='{ROOM}'><query xmlns='{REGISTER}'>"
+            "<x xmlns='jabber:x:data' type='submit'>"
+            "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value>"
+            "</field><field var='muc#register_roomnick'><value>thirdwitch</value></field>"
+            "</x></query></iq>"
+        )
+    )
+    assert out[-1].get("type") == "result"
+    requests = out[:-1]
+    assert sorted(m.get("to") for m in requests) == [
+        "crone1@shakespeare.lit",
+        "wiccarocks@shakespeare.lit",
+    ]
+    form = requests[0].find("{jabber:x:data}x")
+    assert form is not None
+    values = {
+        f.get("var"): f.findtext("{jabber:x:data}value") for f in form.iter("{jabber:x:data}field")
+    }
+    assert values == {
+        "FORM_TYPE": "http://jabber.org/protocol/muc#register",
+        "muc#jid": "hag66@shakespeare.lit",
+        "muc#register_roomnick": "thirdwitch",
+        "muc#register_allow": "0",
+    }
+    assert muc.service.rooms[ROOM].affiliation("hag66@shakespeare.lit") == "none"
+
+    def answer(frm: str, allow: str) -> list[etree._Element]:
+        reply = etree.fromstring(etree.tostring(form))
+        reply.set("type", "submit")
+        for f in reply.iter("{jabber:x:data}field"):
+            if f.get("var") == "muc#register_allow":
+                f.find("{jabber:x:data}value").text = allow  # type: ignore[union-attr]
+        msg = etree.fromstring(f"<message xmlns='{NS}' from='{frm}' to='{ROOM}'/>")
+        msg.append(reply)
+        return run_async(muc.send(msg))
+
+    assert error_condition(answer("macbeth@shakespeare.lit/castle", "1")[0]) == "forbidden"
+    assert answer(CRONE, "0") == []
+    out = answer(CRONE, "1")
+    assert [m.get("to") for m in out] == ["hag66@shakespeare.lit"]
+    assert out[0].find(f"{{{USER}}}x/{{{USER}}}invite") is not None
+    assert muc.service.rooms[ROOM].affiliations["hag66@shakespeare.lit"].nick == "thirdwitch"
+    # A second approval changes nothing; the new member enters under the reserved nick.
+    assert answer("wiccarocks@shakespeare.lit/laptop", "1") == []
+    out = run_async(muc.join(HAG, "thirdwitch"))
+    assert "110" in statuses(out[-2])
+
+
+def test_presence_without_muc_extension_to_a_missing_room(muc: Muc, run_async: Run) -> None:
+    """§7.2.1: such presence to a room that does not exist creates nothing and tells the
+    sender it is not in a room there (a temporary room may have gone meanwhile)."""
+    out = run_async(muc.send(f"<presence from='{HAG}' to='{ROOM}/thirdwitch'/>"))
+    assert [(p.get("from"), p.get("type")) for p in out] == [(f"{ROOM}/thirdwitch", "unavailable")]
+    assert statuses(out[0]) == {"110", "307", "333"}
+    assert run_async(muc.service.store.version(ROOM)) is None
+
+
+def test_a_nick_normalised_by_the_room_comes_with_status_210(muc: Muc, run_async: Run) -> None:
+    """§7.2 and status 210: a nick not in its normalised form (here a decomposed accent,
+    RFC 7622 §3.4 applies NFC) enters under the normalised one, and the self-presence says
+    so; a nick sent as it is stored gets no 210."""
+    run_async(muc.create(CRONE, "firstwitch"))
+    out = run_async(muc.join(HAG, "Re\u0301mi"))
+    own = by_recipient(out)[HAG][-2]
+    assert own.get("from") == f"{ROOM}/R\u00e9mi"
+    assert statuses(own) == {"110", "210"}
+    out = run_async(muc.join(WITCH, "R\u00e9my"))
+    assert statuses(by_recipient(out)[WITCH][-2]) == {"110"}

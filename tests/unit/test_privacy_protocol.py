@@ -397,6 +397,53 @@ def test_presence_out_blocked_then_allowed(redis_client: Any, run_async: Any) ->
     run_im(run_async, redis_client, scenario)
 
 
+def test_presence_in_blocked_then_allowed(redis_client: Any, run_async: Any) -> None:
+    """§2.10 note: when a list change blocks presence-in from a contact the user saw
+    available, the user's resources get unavailable presence on its behalf, from each of its
+    resources; while blocked its presence does not come in; when allowed again, a probe brings
+    its current presence. The contact itself is told nothing."""
+
+    async def scenario(im: Im) -> None:
+        await im.accounts("alice", "bob", "carol")
+        await roster(im, A, bob=("both", ()), carol=("both", ()))
+        await roster(im, B, alice=("both", ()))
+        await roster(im, C, alice=("both", ()))
+        a = await im.login(f"{A}/a")
+        a2 = await im.login(f"{A}/a2")
+        b = await im.login(f"{B}/pc")
+        b2 = await im.login(f"{B}/phone")
+        c = await im.login(f"{C}/pc")
+        deaf = (
+            "<item type='jid' value='bob@localhost' action='deny' order='1'><presence-in/></item>"
+        )
+        await send(im, a, q("c1", lst("deaf", deaf)))
+        for s in (a, a2, b, b2, c):
+            s.take()
+        await send(im, a, q("c2", "<active name='deaf'/>"))
+        assert_stanzas(
+            a.take(),
+            result(f"{A}/a", "c2"),
+            f"<presence type='unavailable' from='{B}/pc' to='{A}/a'/>",
+            f"<presence type='unavailable' from='{B}/phone' to='{A}/a'/>",
+        )
+        # Only the session whose list changed; nobody else hears of it.
+        assert a2.take() == [] and b.take() == [] and b2.take() == [] and c.take() == []
+        await send(im, b, "<presence><show>away</show></presence>")
+        await send(im, c, "<presence><show>xa</show></presence>")
+        assert [p.get("from") for p in a.take()] == [f"{C}/pc"]
+        assert [p.get("from") for p in a2.take()] == [f"{B}/pc", f"{C}/pc"]
+        await send(im, a, q("c3", "<active/>"))
+        got = a.take()
+        assert got[0].get("id") == "c3"
+        assert_stanzas(
+            got[1:],
+            f"<presence from='{B}/pc' to='{A}'><show>away</show></presence>",
+            f"<presence from='{B}/phone' to='{A}'/>",
+        )
+
+    run_im(run_async, redis_client, scenario)
+
+
 def test_lists_that_cannot_be_loaded_refuse(redis_client: Any, run_async: Any) -> None:
     """When an account's lists cannot be read, nothing passes unchecked: the stanza is
     answered with internal-server-error (and the failure logged)."""

@@ -10,6 +10,7 @@ from typing import Any
 from lxml import etree
 
 from core.modules.vcard import MAX_VCARD_BYTES, photo_hash
+from core.storage.roster import RosterItem, RosterStore
 from core.storage.vcard import VCardStore
 from tests.unit.helpers import settle
 from tests.unit.test_roster_harness import Im, assert_stanzas, run_im
@@ -148,3 +149,77 @@ def test_store_and_photo_hash(redis_client: Any, run_async: Any) -> None:
         assert await store.get(A) is None
 
     run_async(go())
+
+
+UPDATE = "xmlns='vcard-temp:x:update'"
+IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(64))
+PHOTO_CARD = (
+    f"<vCard {V}><FN>Alice</FN><PHOTO><TYPE>image/png</TYPE>"
+    f"<BINVAL>{base64.b64encode(IMAGE).decode()}</BINVAL></PHOTO></vCard>"
+)
+SHA1 = hashlib.sha1(IMAGE).hexdigest()
+
+
+def _photo(stanza: etree._Element) -> str | None:
+    """The text of the XEP-0153 <photo/> in a presence ('' when empty), None without one."""
+    photo = stanza.find("{vcard-temp:x:update}x/{vcard-temp:x:update}photo")
+    return None if photo is None else (photo.text or "")
+
+
+def test_photo_hash_in_presence(redis_client: Any, run_async: Any) -> None:
+    """XEP-0153 with the server rules of XEP-0398 §4: after a vCard with a photo is set, the
+    user's resources broadcast again with the hash; every later available presence carries it,
+    broadcast or directed, replacing an update element without photo; an empty <photo/> from
+    the client is left alone; accounts without a vCard get nothing added; a new vCard without
+    photo is announced with an empty <photo/>; a new session starts with the stored hash."""
+
+    async def scenario(im: Im) -> None:
+        await im.accounts("alice", "bob", "carol")
+        store = RosterStore(im.redis)
+        await store.write(A, version="e-1", items={B: RosterItem(B, subscription="both")})
+        await store.write(B, version="e-1", items={A: RosterItem(A, subscription="both")})
+        a = await im.login(f"{A}/a")
+        a2 = await im.login(f"{A}/a2")
+        b = await im.login(f"{B}/pc")
+        c = await im.login("carol@localhost/pc")
+        for s in (a, a2, b, c):
+            s.take()
+
+        done = await send(im, a, f"<iq type='set' id='v1'>{PHOTO_CARD}</iq>")
+        assert [(s.tag, s.get("id"), s.get("from")) for s in done if s.get("id") == "v1"] == [
+            ("{jabber:client}iq", "v1", A)
+        ]
+        seen = {p.get("from"): _photo(p) for p in b.take()}
+        assert seen == {f"{A}/a": SHA1, f"{A}/a2": SHA1}
+        assert {p.get("from"): _photo(p) for p in a2.take()} == seen
+
+        await send(im, a, "<presence><show>away</show></presence>")
+        assert [_photo(p) for p in b.take()] == [SHA1]
+        await send(im, a, f"<presence><x {UPDATE}/></presence>")
+        assert [_photo(p) for p in b.take()] == [SHA1]
+        await send(im, a, f"<presence><x {UPDATE}><photo>0123abcd</photo></x></presence>")
+        assert [_photo(p) for p in b.take()] == [SHA1]
+        await send(im, a, f"<presence><x {UPDATE}><photo/></x></presence>")
+        assert [_photo(p) for p in b.take()] == [""]
+        await send(im, a, "<presence to='carol@localhost/pc'/>")
+        assert [_photo(p) for p in c.take()] == [SHA1]
+
+        await send(im, b, "<presence><show>dnd</show></presence>")
+        assert [_photo(p) for p in a.take() if p.get("from") == f"{B}/pc"] == [None]
+
+        a3 = await im.login(f"{A}/a3")
+        assert [_photo(p) for p in b.take() if p.get("from") == f"{A}/a3"] == [SHA1]
+
+        await send(im, a3, f"<iq type='set' id='v2'><vCard {V}><FN>Alice</FN></vCard></iq>")
+        assert {p.get("from"): _photo(p) for p in b.take()} == {
+            f"{A}/a": "",
+            f"{A}/a2": "",
+            f"{A}/a3": "",
+        }
+        for s in (a, a2, a3):
+            s.take()
+        # The same vCard again changes nothing and announces nothing.
+        await send(im, a3, f"<iq type='set' id='v3'><vCard {V}><FN>Al</FN></vCard></iq>")
+        assert b.take() == []
+
+    run_im(run_async, redis_client, scenario)
