@@ -15,9 +15,11 @@ from twisted.internet import protocol
 from twisted.python.failure import Failure
 
 from core.xmpp.errors import StreamError
-from core.xmpp.ns import NS_DIALBACK, NS_SERVER, NS_STREAMS, QN_STREAM, QN_STREAM_ERROR
+from core.xmpp.ns import NS_DIALBACK, NS_SERVER, QN_STREAM_ERROR
 from core.xmpp.parser import StreamClose, StreamOpen, StreamParser
 from core.xmpp.stanza import serialize
+from core.xmpp.stream_header import STREAM_CLOSE, header_bytes
+from core.xmpp.stream_header import check_header as check_stream_header
 
 if TYPE_CHECKING:
     from core.s2s.service import S2SService
@@ -25,44 +27,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 Element = etree._Element
 
-STREAM_CLOSE = b"</stream:stream>"
-
-
-def header_bytes(frm: str | None, to: str | None, stream_id: str | None) -> bytes:
-    """A jabber:server stream header that declares the dialback namespace."""
-    attrs = ""
-    if frm:
-        attrs += f" from='{xml_attr(frm)}'"
-    if to:
-        attrs += f" to='{xml_attr(to)}'"
-    if stream_id:
-        attrs += f" id='{stream_id}'"
-    return (
-        f"<?xml version='1.0'?><stream:stream xmlns='{NS_SERVER}' xmlns:db='{NS_DIALBACK}' "
-        f"xmlns:stream='{NS_STREAMS}'{attrs} version='1.0' xml:lang='en'>"
-    ).encode()
-
-
-def xml_attr(s: str) -> str:
-    return (
-        s.replace("&", "&amp;").replace("<", "&lt;").replace("'", "&apos;").replace('"', "&quot;")
-    )
-
 
 def check_header(ev: StreamOpen) -> None:
     """RFC 6120 §4.8, §4.7.5: the stream namespace and prefix, jabber:server, version 1.x."""
-    if ev.tag != QN_STREAM:
-        if ev.tag.endswith("}stream") or ev.tag == "stream":
-            raise StreamError("invalid-namespace", "the stream element must be in " + NS_STREAMS)
-        raise StreamError("invalid-xml", "the root element must be <stream:stream/>")
-    if ev.prefix is None:
-        raise StreamError("bad-namespace-prefix", "the stream element needs a namespace prefix")
-    if ev.nsmap.get(None) != NS_SERVER:
-        raise StreamError("invalid-namespace", "the content namespace must be jabber:server")
-    # §4.7.5: no version means 0.9, which has neither TLS nor stream features.
-    major = ev.attrs.get("version", "0.9").split(".", 1)[0]
-    if not major.isdigit() or int(major) != 1:
-        raise StreamError("unsupported-version", "this server speaks XMPP 1.0")
+    check_stream_header(ev, NS_SERVER)
 
 
 def stream_error_text(el: Element) -> str:
@@ -167,7 +135,12 @@ class S2SStream(protocol.Protocol):
 
     def send_header(self, frm: str | None, to: str | None, stream_id: str | None) -> None:
         self._header_sent = True
-        self.write(header_bytes(frm, to, stream_id))
+        # XEP-0220 §2.4.1: the dialback namespace is declared on the stream header.
+        self.write(
+            header_bytes(
+                NS_SERVER, frm=frm, to=to, stream_id=stream_id, extra_ns={"db": NS_DIALBACK}
+            )
+        )
 
     def close_with(self, error: StreamError) -> None:
         """Send a stream error and close (RFC 6120 §4.9.1.1)."""

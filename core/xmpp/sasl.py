@@ -242,7 +242,7 @@ def create_server_mechanism(
         tls=tls, channel_bindings=channel_bindings, allow_plain_without_tls=allow_plain_without_tls
     )
     if name not in offered:
-        # RFC 6120 §6.5.6
+        # RFC 6120 §6.5.7
         raise SaslFailure("invalid-mechanism")
     if name == "PLAIN":
         return PlainServer(check)
@@ -622,7 +622,7 @@ def _b64decode(value: str) -> bytes:
     try:
         return base64.b64decode(value, validate=True)
     except ValueError:
-        # RFC 6120 §6.5.2
+        # RFC 6120 §6.5.5
         raise SaslFailure("incorrect-encoding") from None
 
 
