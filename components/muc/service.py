@@ -98,7 +98,10 @@ class MucService:
             self.rooms.pop(jid, None)
             return None
         if cached is not None and cached.version == version:
-            self.rooms.move_to_end(jid)
+            # The cache may have been emptied while Redis answered (forget_all on a link
+            # change): the copy is still the stored version, so it is still good to use.
+            if jid in self.rooms:
+                self.rooms.move_to_end(jid)
             return cached
         try:
             room = await self.store.load(jid, self.env.settings.max_history)

@@ -518,7 +518,7 @@ def test_iqs_to_occupants_are_relayed_without_holding_up_the_room(stack: CorePro
             assert request["from"] == f"{room}/Bob"
             bob.send_message(mto=room, mbody="still here", mtype="groupchat")
             for client in (alice, bob):
-                await groupchat_from(client, room, "still here", timeout=2)
+                await groupchat_from(client, room, "still here", timeout=5)
             assert not answered.done()
             request.reply().send()
             result = await asyncio.wait_for(answered, 5)

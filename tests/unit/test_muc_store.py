@@ -166,3 +166,23 @@ def test_settings_come_from_the_config_and_environment() -> None:
         load_config(None, env={"SWITCHBOARD_MUC_MAX_HISTORY": "lots"})
     with pytest.raises(ConfigError, match=r"muc\.creators"):
         load_config(None, env={"SWITCHBOARD_MUC_CREATORS": "admins"})
+
+
+def test_forgetting_rooms_while_redis_answers_is_harmless(
+    muc: Muc, run_async: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link going down empties the room cache at any await; a stanza whose room check
+    was under way then carries on with its copy (still the stored version)."""
+    _populated(muc, run_async)
+    version = muc.service.store.version
+
+    async def version_then_forget(jid: str) -> str | None:
+        v = await version(jid)
+        muc.service.forget_all()  # as the link-down hook does, meanwhile
+        return v
+
+    monkeypatch.setattr(muc.service.store, "version", version_then_forget)
+    out = run_async(
+        muc.send(f"<message from='{CRONE}' to='{ROOM}' type='groupchat'><body>x</body></message>")
+    )
+    assert sorted(by_recipient(out)) == sorted([CRONE, HAG])
