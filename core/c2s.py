@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
@@ -51,6 +51,7 @@ from core.xmpp.stanza import (
     serialize,
 )
 from core.xmpp.stream_header import STREAM_CLOSE, check_header, header_bytes
+from core.xmpp.xmlstream import OrderedXmlStream, peer_address
 
 if TYPE_CHECKING:
     from core.server import CoreServer
@@ -69,8 +70,10 @@ CLOSE_TIMEOUT = 5.0
 HEADER, TLS_NEEDED, AUTH, AUTHED_HEADER, BIND, BOUND, CLOSED = range(7)
 
 
-class C2SStream(protocol.Protocol):
+class C2SStream(OrderedXmlStream):
     """One client connection and, once bound, the session it carries."""
+
+    logger = log
 
     def __init__(self, server: CoreServer, *, direct_tls: bool) -> None:
         self.server = server
@@ -108,8 +111,7 @@ class C2SStream(protocol.Protocol):
     # Connection ----------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()
-        self.peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        self.peer = peer_address(self.transport)
         log.info("c2s %s opened%s", self.peer, " (direct TLS)" if self.direct_tls else "")
         self.server.c2s_streams.add(self)
         cfg = self.server.config.c2s
@@ -181,7 +183,7 @@ class C2SStream(protocol.Protocol):
                 self._stream_open(ev)
             elif isinstance(ev, StreamClose):
                 self.close_reason = "closed by client"
-                self._close()
+                self.close()
             else:
                 pending = self._element(ev)
                 if pending is not None:
@@ -207,34 +209,16 @@ class C2SStream(protocol.Protocol):
             # A header or negotiation element left half-answered: §4.9.3.8.
             self.close_with(StreamError("internal-server-error"))
 
-    def _run_async(self, awaitable: Awaitable[Any], ev: Any = None) -> None:
-        self._busy = True
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.server.spawn(coro)
 
-        async def run() -> None:
-            try:
-                await awaitable
-            except StreamError as e:
-                self.close_with(e)
-            except Exception:
-                self._unexpected(ev)
-            finally:
-                self._busy = False
-                self._drain()
-
-        self.server.spawn(run())
-
-    def _drain(self) -> None:
-        while self._backlog and not self._busy and not self._closing and self.stage != CLOSED:
-            self._handle_event(self._backlog.popleft())
+    def _drained(self) -> None:
         if self._lost:
+            # The connection went first: the session ends after its last stanza.
             if not self._busy:
                 self._finish()
             return
-        if not self._backlog and self.stage != CLOSED:
-            try:
-                self.transport.resumeProducing()
-            except Exception:
-                pass
+        super()._drained()
 
     # Output ---------------------------------------------------------------------------
 
@@ -267,24 +251,14 @@ class C2SStream(protocol.Protocol):
                 reply.attrib.pop("from", None)
             self.send(reply)
 
-    def close_with(self, error: StreamError) -> None:
-        """Send a stream error and close the stream (RFC 6120 §4.9.1.1)."""
-        if self._closing or self.stage == CLOSED:
-            return
-        if not self._header_sent:
-            # §4.9.1.2: the stream header is sent even when the error is in the client's header.
-            self._send_header(None)
-        log.info(
-            "c2s %s stream error %s%s",
-            self.peer,
-            error.condition,
-            f" ({error.text})" if error.text else "",
-        )
-        self.close_reason = f"stream error {error.condition}"
-        self.transport.write(error.to_bytes())
-        self._close()
+    def log_label(self) -> str:
+        return f"c2s {self.peer}"
 
-    def _close(self) -> None:
+    def _send_error_header(self) -> None:
+        self._send_header(None)
+
+    def close(self) -> None:
+        """Close the stream (RFC 6120 §4.4); the client gets a while to close its side."""
         if self._closing:
             return
         self._closing = True

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
@@ -44,6 +44,7 @@ from core.xmpp.ns import NS_COMPONENT, QN_IQ, QN_MESSAGE, QN_PRESENCE
 from core.xmpp.parser import StreamClose, StreamOpen, StreamParser
 from core.xmpp.stanza import error_reply, new_id, serialize, to_client_ns
 from core.xmpp.stream_header import STREAM_CLOSE, check_header, header_bytes
+from core.xmpp.xmlstream import OrderedXmlStream, peer_address
 
 if TYPE_CHECKING:
     from core.server import CoreServer
@@ -58,13 +59,13 @@ BACKLOG_PAUSE = 256
 
 
 @implementer(IPushProducer)
-class ComponentStream(protocol.Protocol):
+class ComponentStream(OrderedXmlStream):
     """One component connection: header, handshake, then the link (core.component_routes.Link).
 
     Registered as the transport's producer so that Twisted says when the component stops
     reading; what is written while it does not read is counted and bounded."""
 
-    transport: Any  # a TCP transport once connected (ITransport lacks half of what we use)
+    logger = log
 
     def __init__(self, server: CoreServer) -> None:
         self.server = server
@@ -90,8 +91,7 @@ class ComponentStream(protocol.Protocol):
     # Connection ------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()
-        self.peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        self.peer = peer_address(self.transport)
         log.debug("component connection from %s", self.peer)
         try:
             self.transport.setTcpKeepAlive(1)
@@ -111,6 +111,11 @@ class ComponentStream(protocol.Protocol):
             self.routes.link_down(self, self.close_reason)
         else:
             log.info("component connection from %s closed: %s", self.peer, self.close_reason)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is gone."""
+        return self.stage == CLOSED
 
     def _negotiation_expired(self) -> None:
         if self.stage in (HEADER, HANDSHAKE):
@@ -134,14 +139,7 @@ class ComponentStream(protocol.Protocol):
     # Input -----------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self.stage == CLOSED or self._closing:
-            return
-        try:
-            events = self.parser.feed(data)
-        except StreamError as e:
-            self.close_with(e)
-            return
-        for ev in events:
+        for ev in self._events(data):
             if self._busy:
                 self._backlog.append(ev)
                 if len(self._backlog) > BACKLOG_PAUSE:
@@ -157,11 +155,11 @@ class ComponentStream(protocol.Protocol):
                 self._stream_open(ev)
             elif isinstance(ev, StreamClose):
                 self.close_reason = "closed by the component"
-                self._close()
+                self.close()
             elif self.stage == LINKED:
                 pending = self._stanza(ev)
                 if pending is not None:
-                    self._run_async(pending)
+                    self._run_async(pending, ev)
             elif self.stage == HANDSHAKE:
                 self._handshake(ev)
             else:
@@ -169,38 +167,18 @@ class ComponentStream(protocol.Protocol):
         except StreamError as e:
             self.close_with(e)
         except Exception:
-            log.exception("component %s: unexpected failure", self.domain or self.peer)
-            if isinstance(ev, etree._Element) and self.stage == LINKED:
-                reply = error_reply(_client(ev), StanzaError("internal-server-error"))
-                if reply is not None:
-                    reply.attrib.pop("from", None)
-                    self.deliver(reply)
+            self._unexpected(ev)
 
-    def _run_async(self, awaitable: Awaitable[Any]) -> None:
-        # RFC 6120 §10.1: the link's stanzas take effect in the order they were sent.
-        self._busy = True
+    def _unexpected(self, ev: Any) -> None:
+        log.exception("component %s: unexpected failure", self.domain or self.peer)
+        if isinstance(ev, etree._Element) and self.stage == LINKED:
+            reply = error_reply(_client(ev), StanzaError("internal-server-error"))
+            if reply is not None:
+                reply.attrib.pop("from", None)
+                self.deliver(reply)
 
-        async def run() -> None:
-            try:
-                await awaitable
-            except StreamError as e:
-                self.close_with(e)
-            except Exception:
-                log.exception("component %s: unexpected failure", self.domain)
-            finally:
-                self._busy = False
-                self._drain()
-
-        self.server.spawn(run())
-
-    def _drain(self) -> None:
-        while self._backlog and not self._busy and not self._closing and self.stage != CLOSED:
-            self._handle_event(self._backlog.popleft())
-        if not self._backlog and self.stage != CLOSED:
-            try:
-                self.transport.resumeProducing()
-            except Exception:
-                pass
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.server.spawn(coro)
 
     # Stream header and handshake (XEP-0114 §3) -----------------------------------------
 
@@ -326,24 +304,14 @@ class ComponentStream(protocol.Protocol):
             self._unread += len(data)
         self.transport.write(data)
 
-    def close_with(self, error: StreamError) -> None:
-        """Send a stream error and close the stream (RFC 6120 §4.9.1.1)."""
-        if self._closing or self.stage == CLOSED:
-            return
-        if not self._header_sent:
-            self._send_header(None)
-        log.info(
-            "component %s from %s: stream error %s%s",
-            self.domain or "?",
-            self.peer,
-            error.condition,
-            f" ({error.text})" if error.text else "",
-        )
-        self.close_reason = f"stream error {error.condition}"
-        self.transport.write(error.to_bytes())
-        self._close()
+    def log_label(self) -> str:
+        return f"component {self.domain or '?'} from {self.peer}:"
 
-    def _close(self) -> None:
+    def _send_error_header(self) -> None:
+        self._send_header(None)
+
+    def close(self) -> None:
+        """Close the stream and the connection, and take the link off the routes."""
         if self._closing:
             return
         self._closing = True

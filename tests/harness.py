@@ -15,11 +15,12 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import redis
+import redis.asyncio
 from lxml import etree
 
 from core.xmpp.errors import StreamError
@@ -60,7 +61,55 @@ def separate_db(redis_server_url: str) -> str:
     return url
 
 
-class CoreProcess:
+class ChildProcess:
+    """A process of the test run whose output goes to a log file."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self, args: list[str], *, cwd: Path, env: dict[str, str]) -> None:
+        """Start ``args``; stdout and stderr are appended to the log."""
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        """Send ``sig`` and wait (SIGKILL after ``timeout``); returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, text: str, timeout: float = 5.0) -> str:
+        """Wait until a line of the log contains ``text``; returns that line."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.log().splitlines():
+                if text in line:
+                    return line
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no log line contains {text!r}")
+            time.sleep(0.02)
+
+
+class CoreProcess(ChildProcess):
     """A real ``switchboard core`` on free ports, configured through the environment."""
 
     def __init__(
@@ -74,6 +123,7 @@ class CoreProcess:
     ) -> None:
         """``s2s``: listen for server-to-server streams on a free loopback port, which also
         turns federation on (it is off while ``s2s_port`` is 0)."""
+        super().__init__(workdir / "core.log")
         self.redis_url = redis_url
         self.workdir = workdir
         self.domain = domain
@@ -83,8 +133,6 @@ class CoreProcess:
         self.component_port = free_port()
         self.s2s_port = free_port() if s2s else 0
         self.extra_env = dict(env or {})
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = workdir / "core.log"
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
@@ -106,55 +154,15 @@ class CoreProcess:
 
     def start(self) -> CoreProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "core"],
-            cwd=self.workdir,
-            env=self.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        self.spawn([sys.executable, "-m", "core.cli", "core"], cwd=self.workdir, env=self.env())
         wait_port(self.c2s_port, proc=self.proc)
         if self.s2s_port:
             wait_port(self.s2s_port, proc=self.proc)
         return self
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
-        self.proc = None
-        return code
-
     def restart(self) -> CoreProcess:
         self.stop()
         return self.start()
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_log(self, text: str, timeout: float = 5.0) -> str:
-        """Wait until a line of the log contains ``text``; returns that line."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in self.log().splitlines():
-                if text in line:
-                    return line
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no log line contains {text!r}")
-            time.sleep(0.02)
 
     def add_user(self, name: str, password: str) -> None:
         """Create an account through the CLI's code path, against this core's Redis."""
@@ -168,6 +176,140 @@ class CoreProcess:
                 await client.aclose()
 
         asyncio.run(create())
+
+
+class ComponentProcess(ChildProcess):
+    """A process beside ``core``, such as a component that links to it: ``python -m module
+    *args`` in the core's environment (plus ``env``) and directory, the checkout importable."""
+
+    def __init__(
+        self,
+        core: CoreProcess,
+        log_name: str,
+        module: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(core.workdir / log_name)
+        self.core = core
+        self.args = [sys.executable, "-m", module, *args]
+        self.extra_env = dict(env or {})
+
+    def start(self) -> Self:
+        env = self.core.env()
+        env.update(self.extra_env)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        self.spawn(self.args, cwd=self.core.workdir, env=env)
+        return self
+
+
+async def wait_links(
+    core: CoreProcess, domain: str, instances: set[str], timeout: float = 10
+) -> None:
+    """Wait until the core's link records for the component ``domain`` name exactly
+    ``instances``. The records are written after a link goes live and removed after it goes
+    down, so once they match, routing matches too."""
+    from core.storage import keys
+
+    client = redis.asyncio.Redis.from_url(core.redis_url)
+    got: set[str] = set()
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                got = {k.decode() for k in await client.hkeys(keys.component_links(domain))}
+                if got == instances:
+                    return
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"links of {domain}: {got}, expected {instances}") from None
+    finally:
+        await client.aclose()
+
+
+def switchboard_command() -> list[str]:
+    """The installed console script, as the README runs it; the module if it is missing."""
+    script = Path(sys.executable).with_name("switchboard")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "core.cli"]
+
+
+def stack_env(data_dir: Path) -> dict[str, str]:
+    """No redis.url (so the stack embeds Redis), data in ``data_dir``, every port free."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+    env.update(
+        SWITCHBOARD_DATA_DIR=str(data_dir),
+        SWITCHBOARD_C2S_PORT=str(free_port()),
+        SWITCHBOARD_C2S_DIRECT_TLS_PORT=str(free_port()),
+        SWITCHBOARD_S2S_PORT=str(free_port()),
+        SWITCHBOARD_COMPONENT_LISTENER_PORT=str(free_port()),
+        SWITCHBOARD_ADMIN_PORT=str(free_port()),
+        SWITCHBOARD_LOG_LEVEL="info",
+    )
+    return env
+
+
+class StackProcess:
+    """``switchboard stack`` as the README runs it, in ``workdir`` with its data in
+    ``workdir/data``: stdout (the banner) goes to ``stack.out``, the log to ``stack.log``."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.env = stack_env(self.data_dir)
+        self.c2s_port = int(self.env["SWITCHBOARD_C2S_PORT"])
+        self.out_path = workdir / "stack.out"
+        self.log_path = workdir / "stack.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[StackProcess]:
+        """Start the stack and wait for its client port; on the way out, kill whatever of
+        it still runs."""
+        with self.out_path.open("wb") as out, self.log_path.open("wb") as err:
+            # A session of its own, like a shell job: Ctrl-C reaches the whole process group.
+            self.proc = subprocess.Popen(
+                [*switchboard_command(), "stack"],
+                cwd=self.workdir,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+        try:
+            wait_port(self.c2s_port, timeout=30, proc=self.proc)
+            yield self
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def cli(
+        self, *args: str, input: str | None = None, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``switchboard *args`` beside the stack (same directory and environment)."""
+        return subprocess.run(
+            [*switchboard_command(), *args],
+            cwd=self.workdir,
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def interrupt(self, timeout: float) -> int:
+        """Ctrl-C: SIGINT to the process group; returns the exit code."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGINT)
+        return self.proc.wait(timeout=timeout)
+
+    def out(self) -> str:
+        return self.out_path.read_text()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
 
 
 def client_ssl_context() -> ssl.SSLContext:
@@ -336,14 +478,7 @@ class RawClient:
         tls: str = "starttls",
     ) -> str:
         """Full negotiation up to a bound resource; returns the bound full JID."""
-        await self.connect(tls=(tls == "direct"))
-        await self.open_stream()
-        if tls == "starttls":
-            await self.starttls()
-        result = await self.auth(user, password, mechanism)
-        assert result.tag == qn(NS_SASL, "success"), etree.tostring(result)
-        self.parser.reset()
-        await self.open_stream()
+        await self.authenticate(user, password, mechanism=mechanism, tls=tls)
         await self.send(
             f"<iq type='set' id='bind1'><bind xmlns='{NS_BIND}'><resource>{resource}</resource>"
             "</bind></iq>"

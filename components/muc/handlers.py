@@ -7,7 +7,7 @@ XEP-0045 §6 (disco), §7 (occupants), §8-§10 (muc#admin, muc#owner); XEP-0199
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from lxml import etree
@@ -98,43 +98,44 @@ def build_module(service: Callable[[], MucService], name: str = "Chatrooms") -> 
         await service().ping_room(ctx.sender, ctx.to)
         return None
 
-    @module.iq("get", QN_ADMIN_QUERY, to="entity")
-    async def admin_get(ctx: IqContext) -> Element:
-        """§8.5, §9.2, §9.5, §9.8, §10.5, §10.8: role and affiliation lists."""
-        _to_room(ctx)
-        return await service().admin_get(ctx.sender, ctx.to, ctx.payload)
-
-    @module.iq("set", QN_ADMIN_QUERY, to="entity")
-    async def admin_set(ctx: IqContext) -> None:
-        """§8-§10: role and affiliation changes."""
-        _to_room(ctx)
-        await service().admin_set(ctx.sender, ctx.to, ctx.payload)
-
-    @module.iq("get", QN_OWNER_QUERY, to="entity")
-    async def owner_get(ctx: IqContext) -> Element:
-        """§10.2: the configuration form."""
-        _to_room(ctx)
-        return await service().owner_get(ctx.sender, ctx.to)
-
-    @module.iq("set", QN_OWNER_QUERY, to="entity")
-    async def owner_set(ctx: IqContext) -> None:
-        """§10.1.2, §10.1.3, §10.2, §10.9: configure, cancel, destroy."""
-        _to_room(ctx)
-        await service().owner_set(ctx.sender, ctx.to, ctx.payload)
-
-    @module.iq("get", QN_REGISTER_QUERY, to="entity")
-    async def register_get(ctx: IqContext) -> Element:
-        """§7.10: the registration form, or the nick registered."""
-        _to_room(ctx)
-        return await service().register_get(ctx.sender, ctx.to)
-
-    @module.iq("set", QN_REGISTER_QUERY, to="entity")
-    async def register_set(ctx: IqContext) -> None:
-        """§7.10: register with the room (membership with a reserved nick)."""
-        _to_room(ctx)
-        await service().register_set(ctx.sender, ctx.to, ctx.payload)
-
+    for itype, qname, serve, with_payload in _ROOM_IQS:
+        module.iq(itype, qname, to="entity")(_room_handler(service, serve, with_payload))
     return module
+
+
+# IQs to a room's bare JID, each answered by one MucService method called with the sender, the
+# room and, where the last column says so, the query: (type, payload, method, with the query).
+_ROOM_IQS: tuple[tuple[str, str, Callable[..., Awaitable[Element | None]], bool], ...] = (
+    # §8.5, §9.2, §9.5, §9.8, §10.5, §10.8: role and affiliation lists
+    ("get", QN_ADMIN_QUERY, MucService.admin_get, True),
+    # §8-§10: role and affiliation changes
+    ("set", QN_ADMIN_QUERY, MucService.admin_set, True),
+    # §10.2: the configuration form
+    ("get", QN_OWNER_QUERY, MucService.owner_get, False),
+    # §10.1.2, §10.1.3, §10.2, §10.9: configure, cancel, destroy
+    ("set", QN_OWNER_QUERY, MucService.owner_set, True),
+    # §7.10: the registration form, or the nick registered
+    ("get", QN_REGISTER_QUERY, MucService.register_get, False),
+    # §7.10: register with the room (membership with a reserved nick)
+    ("set", QN_REGISTER_QUERY, MucService.register_set, True),
+)
+
+
+def _room_handler(
+    service: Callable[[], MucService],
+    serve: Callable[..., Awaitable[Element | None]],
+    with_payload: bool,
+) -> IqHandler:
+    """The handler of an IQ that only a room's bare JID answers, served by ``serve``."""
+
+    async def handler(ctx: IqContext) -> Element | None:
+        _to_room(ctx)
+        if with_payload:
+            return await serve(service(), ctx.sender, ctx.to, ctx.payload)
+        return await serve(service(), ctx.sender, ctx.to)
+
+    handler.__name__ = handler.__qualname__ = serve.__name__
+    return handler
 
 
 async def to_occupant(service: MucService, ctx: IqContext) -> Element | None:

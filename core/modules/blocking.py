@@ -14,19 +14,15 @@ unblock are the privacy service's (core/modules/privacy.py); this module speaks 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
-from core.modules.privacy import BLOCKLIST_REQUESTED, MAX_ITEMS, service_of
+from core.modules.privacy import BLOCKLIST_REQUESTED, MAX_ITEMS, add_service_hooks, service_of
 from core.storage.privacy import PrivacyLists
 from core.xmpp.errors import StanzaError
 from core.xmpp.jid import JIDError, parse_jid
 from core.xmpp.module import IqContext, Module
 from core.xmpp.ns import NS_BLOCKING, qn
-
-if TYPE_CHECKING:
-    from core.server import CoreServer
 
 log = logging.getLogger(__name__)
 Element = etree._Element
@@ -59,26 +55,9 @@ def _jids(payload: Element) -> list[str]:
     return out
 
 
-# Installed by this module too, so blocking is enforced when the privacy module is not loaded;
-# each hook does nothing the second time.
-@module.on("server-started")
-async def started(server: CoreServer) -> None:
-    service_of(server).start()
-
-
-@module.on("server-stopping")
-async def stopping(server: CoreServer) -> None:
-    await service_of(server).cache.stop()
-
-
-@module.on("session-bound")
-async def session_bound(session: Any) -> None:
-    await service_of(session.server).session_bound(session)
-
-
-@module.on("session-closed")
-async def session_closed(session: Any) -> None:
-    service_of(session.server).session_closed(session)
+# The privacy service is installed by this module too, so blocking is enforced when the
+# privacy module is not loaded.
+add_service_hooks(module)
 
 
 @module.iq("get", QN_BLOCKLIST, to="self")

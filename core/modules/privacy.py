@@ -30,15 +30,15 @@ Rules kept here, with their sources:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
 from core.modules.privacy_presence import ACTIVE, PresenceEffects, _data
+from core.storage.locks import AccountLocks
 from core.storage.privacy import (
     EMPTY,
     AccountLists,
@@ -96,7 +96,7 @@ class PrivacyService(PresenceEffects):
             server.config.node_id,
             is_online=lambda bare: bool(server.router.resources(bare)),
         )
-        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._locks = AccountLocks()
 
     def start(self) -> None:
         self.cache.start(reload=self._reload)
@@ -106,20 +106,9 @@ class PrivacyService(PresenceEffects):
         # stanzas keep being decided without waiting for Redis.
         self.server.spawn(self.cache.get(bare))
 
-    @contextlib.asynccontextmanager
-    async def lock(self, bare: str) -> AsyncIterator[None]:
+    def lock(self, bare: str) -> AbstractAsyncContextManager[None]:
         """Serialise the changes of one account's lists on this node."""
-        entry = self._locks.get(bare)
-        if entry is None:
-            entry = self._locks[bare] = (asyncio.Lock(), [0])
-        entry[1][0] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1][0] -= 1
-            if entry[1][0] == 0:
-                self._locks.pop(bare, None)
+        return self._locks.hold(bare)
 
     # The router hook -------------------------------------------------------------------
 
@@ -376,24 +365,35 @@ def _children(el: Element) -> list[Element]:
     return [c for c in el if isinstance(c.tag, str)]
 
 
-@module.on("server-started")
+# The service's life. The blocking module registers these hooks too, so that blocking is
+# enforced when this module is not loaded; each hook does nothing the second time.
+
+
 async def started(server: CoreServer) -> None:
     service_of(server).start()
 
 
-@module.on("server-stopping")
 async def stopping(server: CoreServer) -> None:
     await service_of(server).cache.stop()
 
 
-@module.on("session-bound")
 async def session_bound(session: Any) -> None:
     await service_of(session.server).session_bound(session)
 
 
-@module.on("session-closed")
 async def session_closed(session: Any) -> None:
     service_of(session.server).session_closed(session)
+
+
+def add_service_hooks(target: Module) -> None:
+    """Register the privacy service's lifecycle hooks on ``target``."""
+    target.on("server-started")(started)
+    target.on("server-stopping")(stopping)
+    target.on("session-bound")(session_bound)
+    target.on("session-closed")(session_closed)
+
+
+add_service_hooks(module)
 
 
 @module.iq("get", QN_QUERY, to="self")

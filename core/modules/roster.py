@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ from lxml import etree
 
 from core.modules.subscription import route, state_of
 from core.storage import keys
+from core.storage.locks import AccountLocks
 from core.storage.roster import Roster, RosterItem, RosterStore, next_version
 from core.xmpp.errors import StanzaError
 from core.xmpp.jid import JIDError, parse_jid
@@ -103,24 +104,13 @@ class Rosters:
         self.store = RosterStore(server.redis)
         self.limits = RosterLimits.from_config(server.config)
         self._cache: dict[str, Roster] = {}
-        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._locks = AccountLocks()
         self._listener: asyncio.Future[None] | None = None
         self.subscribed = asyncio.Event()  # set while the change announcements are heard
 
-    @contextlib.asynccontextmanager
-    async def lock(self, bare: str) -> AsyncIterator[None]:
+    def lock(self, bare: str) -> AbstractAsyncContextManager[None]:
         """Serialise the changes of one account's roster."""
-        entry = self._locks.get(bare)
-        if entry is None:
-            entry = self._locks[bare] = (asyncio.Lock(), [0])
-        entry[1][0] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1][0] -= 1
-            if entry[1][0] == 0:
-                self._locks.pop(bare, None)
+        return self._locks.hold(bare)
 
     def cached(self, bare: str) -> Roster | None:
         """The in-memory roster of an account with a session on this node, if loaded."""

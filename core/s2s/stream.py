@@ -7,6 +7,7 @@ the injected reactor.
 
 from __future__ import annotations
 
+import abc
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +19,9 @@ from core.xmpp.errors import StreamError
 from core.xmpp.ns import NS_DIALBACK, NS_SERVER, QN_STREAM_ERROR
 from core.xmpp.parser import StreamClose, StreamOpen, StreamParser
 from core.xmpp.stanza import serialize
-from core.xmpp.stream_header import STREAM_CLOSE, header_bytes
 from core.xmpp.stream_header import check_header as check_stream_header
+from core.xmpp.stream_header import header_bytes
+from core.xmpp.xmlstream import XmlStream, peer_address
 
 if TYPE_CHECKING:
     from core.s2s.service import S2SService
@@ -47,10 +49,11 @@ def stream_error_text(el: Element) -> str:
     return f"{condition} ({text})" if text else condition
 
 
-class S2SStream(protocol.Protocol):
+class S2SStream(XmlStream):
     """The shared part of an s2s stream; subclasses handle the events."""
 
     direction = "?"
+    logger = log
 
     def __init__(self, service: S2SService) -> None:
         self.service = service
@@ -67,8 +70,7 @@ class S2SStream(protocol.Protocol):
     # Connection ------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        addr = self.transport.getPeer()
-        self.peer = f"{getattr(addr, 'host', '?')}:{getattr(addr, 'port', '?')}"
+        self.peer = peer_address(self.transport)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.closed = True
@@ -85,12 +87,7 @@ class S2SStream(protocol.Protocol):
         if self.closed or self._closing:
             return
         self._active = True
-        try:
-            events = self.parser.feed(data)
-        except StreamError as e:
-            self.close_with(e)
-            return
-        for ev in events:
+        for ev in self._events(data):
             if self._closing or self.closed:
                 return
             try:
@@ -111,11 +108,13 @@ class S2SStream(protocol.Protocol):
                 log.exception("s2s %s %s: unexpected failure", self.direction, self.peer)
                 self.close_with(StreamError("internal-server-error"))
 
+    @abc.abstractmethod
     def stream_opened(self, ev: StreamOpen) -> None:
-        raise NotImplementedError
+        """The peer's stream header arrived (each direction checks and answers its own)."""
 
+    @abc.abstractmethod
     def element(self, el: Element) -> None:
-        raise NotImplementedError
+        """A first-level element of the stream arrived."""
 
     def peer_stream_error(self, el: Element) -> None:
         """A ``<stream:error/>`` arrived; the stream closes after this returns."""
@@ -142,31 +141,11 @@ class S2SStream(protocol.Protocol):
             )
         )
 
-    def close_with(self, error: StreamError) -> None:
-        """Send a stream error and close (RFC 6120 §4.9.1.1)."""
-        if self._closing or self.closed:
-            return
-        if not self._header_sent:
-            # §4.9.1.2: a header first, even when the error is in the peer's header.
-            self.send_header(self.service.server.domain, None, None)
-        log.info(
-            "s2s %s %s stream error %s%s",
-            self.direction,
-            self.peer,
-            error.condition,
-            f" ({error.text})" if error.text else "",
-        )
-        self.close_reason = f"stream error {error.condition}"
-        self.write(error.to_bytes())
-        self.close()
+    def log_label(self) -> str:
+        return f"s2s {self.direction} {self.peer}"
 
-    def close(self) -> None:
-        """Close the stream and the connection (RFC 6120 §4.4)."""
-        if self._closing or self.closed:
-            return
-        self.transport.write(STREAM_CLOSE)
-        self._closing = True
-        self.transport.loseConnection()
+    def _send_error_header(self) -> None:
+        self.send_header(self.service.server.domain, None, None)
 
     # Timers ----------------------------------------------------------------------------
 

@@ -24,7 +24,8 @@ from twisted.python.failure import Failure
 from core.xmpp.errors import StreamError
 from core.xmpp.ns import NS_COMPONENT, NS_STREAMS, QN_STREAM, QN_STREAM_ERROR, qn
 from core.xmpp.parser import StreamClose, StreamOpen, StreamParser
-from core.xmpp.stream_header import STREAM_CLOSE, header_bytes
+from core.xmpp.stream_header import header_bytes
+from core.xmpp.xmlstream import XmlStream
 
 if TYPE_CHECKING:
     from core.xmpp.component import ComponentApp
@@ -103,15 +104,16 @@ def default_instance() -> str:
 CONNECTING, HANDSHAKE, LINKED, CLOSED = range(4)
 
 
-class ComponentStream(protocol.Protocol):
+class ComponentStream(XmlStream):
     """One connection of a component to the server: header, handshake, then stanzas."""
 
-    transport: Any  # a TCP transport once connected (ITransport lacks half of what we use)
+    logger = log
 
     def __init__(self, app: ComponentApp) -> None:
         self.app = app
         self.parser = StreamParser(max_stanza_bytes=app.max_stanza_size)
         self.state = CONNECTING
+        self.closed = False  # the connection is gone (state CLOSED)
         self.stream_id = ""
         self.error: StreamError | None = None  # the stream error received, if any
         self.close_reason = "connection lost"
@@ -133,6 +135,7 @@ class ComponentStream(protocol.Protocol):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         was_linked = self.state == LINKED
         self.state = CLOSED
+        self.closed = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         if self.lost is not None and not self.lost.done():
@@ -145,14 +148,7 @@ class ComponentStream(protocol.Protocol):
             self.close()
 
     def dataReceived(self, data: bytes) -> None:
-        if self.state == CLOSED or self._closing:
-            return
-        try:
-            events = self.parser.feed(data)
-        except StreamError as e:
-            self.close_with(e)
-            return
-        for ev in events:
+        for ev in self._events(data):
             try:
                 self._event(ev)
             except StreamError as e:
@@ -215,9 +211,8 @@ class ComponentStream(protocol.Protocol):
         if self.state != CLOSED and not self._closing:
             self.transport.write(data)
 
-    def close_with(self, error: StreamError) -> None:
-        if self._closing or self.state == CLOSED:
-            return
+    def _error_sent(self, error: StreamError) -> None:
+        # Our end of the link found the server's stream at fault: worth a warning.
         log.warning(
             "component %s: sending stream error %s%s",
             self.app.domain,
@@ -225,16 +220,6 @@ class ComponentStream(protocol.Protocol):
             f" ({error.text})" if error.text else "",
         )
         self.close_reason = f"sent stream error {error.condition}"
-        self.transport.write(error.to_bytes())
-        self.close()
-
-    def close(self) -> None:
-        """Close the stream (RFC 6120 §4.4) and then the connection."""
-        if self._closing or self.state == CLOSED:
-            return
-        self._closing = True
-        self.transport.write(STREAM_CLOSE)
-        self.transport.loseConnection()
 
     def pause_reading(self, paused: bool) -> None:
         if paused == self._paused or self.state == CLOSED:

@@ -6,32 +6,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis.asyncio
 from lxml import etree
 
 from core.component_routes import rendezvous
-from core.storage import keys
 from core.xmpp.component import handshake_digest
 from core.xmpp.ns import (
     NS_CLIENT,
     NS_COMPONENT,
     NS_DISCO_INFO,
     NS_DISCO_ITEMS,
-    NS_STANZAS,
     NS_STREAMS,
     NS_VERSION,
     qn,
 )
-from core.xmpp.parser import StreamOpen, StreamParser
-from tests.harness import ROOT, CoreProcess, RawClient, free_port, separate_db
+from core.xmpp.parser import StreamOpen
+from tests.harness import (
+    ComponentProcess,
+    CoreProcess,
+    RawClient,
+    free_port,
+    separate_db,
+    stanza_error,
+    wait_links,
+)
 
 PASSWORD = "component-test-pw"
 SECRETS = {"echo": "echo-secret", "shard": "shard-secret", "cut": "cut-secret"}
@@ -51,60 +53,16 @@ COMPONENT_ENV = {
 USERS = ("alice", "bob", "carol", "dave", "erin")
 
 
-class EchoProcess:
+class EchoProcess(ComponentProcess):
     """One instance of the echo component, a process of its own."""
 
     def __init__(self, core: CoreProcess, name: str, instance: str, port: int | None) -> None:
-        self.core = core
+        port = core.component_port if port is None else port
+        args = ["--name", name, "--instance", instance, "--port", str(port)]
+        super().__init__(core, f"component-{name}-{instance}.log", "tests.e2e.echo_component", args)
         self.name = name
         self.instance = instance
-        self.port = core.component_port if port is None else port
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = core.workdir / f"component-{name}-{instance}.log"
-
-    def start(self) -> EchoProcess:
-        env = self.core.env()
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.e2e.echo_component",
-                    "--name",
-                    self.name,
-                    "--instance",
-                    self.instance,
-                    "--port",
-                    str(self.port),
-                ],
-                cwd=self.core.workdir,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
-        self.proc = None
-        return code
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        self.port = port
 
 
 class Echoes:
@@ -151,27 +109,6 @@ def echoes(components_core: CoreProcess) -> Iterator[Echoes]:
 # Helpers ------------------------------------------------------------------------------------
 
 
-async def wait_links(
-    core: CoreProcess, domain: str, instances: set[str], timeout: float = 10
-) -> None:
-    """Wait until the core's link records for ``domain`` name exactly ``instances``. The
-    records are written after the link goes live and removed after it goes down, so once they
-    match, routing matches too."""
-    client = redis.asyncio.Redis.from_url(core.redis_url)
-    got: set[str] = set()
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                got = {k.decode() for k in await client.hkeys(keys.component_links(domain))}
-                if got == instances:
-                    return
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"links of {domain}: {got}, expected {instances}") from None
-    finally:
-        await client.aclose()
-
-
 async def login(core: CoreProcess, user: str, resource: str = "raw") -> RawClient:
     client = RawClient(core.c2s_port)
     await client.login(user, PASSWORD, resource=resource)
@@ -196,17 +133,6 @@ def body_of(el: etree._Element) -> str | None:
     return el.findtext(qn(NS_CLIENT, "body"))
 
 
-def error_of(el: etree._Element) -> tuple[str | None, str | None]:
-    """(type, condition) of an error stanza."""
-    err = el.find(qn(NS_CLIENT, "error"))
-    if err is None:
-        return None, None
-    cond = next(
-        (etree.QName(c).localname for c in err if c.tag.startswith(f"{{{NS_STANZAS}}}")), None
-    )
-    return err.get("type"), cond
-
-
 async def served_by(client: RawClient, jids: list[str]) -> dict[str, str]:
     """Send one message to each JID; which instance answered for each (from the reply body)."""
     for jid in jids:
@@ -220,48 +146,25 @@ async def served_by(client: RawClient, jids: list[str]) -> dict[str, str]:
     return out
 
 
-class RawComponent:
+class RawComponent(RawClient):
     """A component speaking raw XEP-0114, for precise checks of the server side."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.parser = StreamParser()
-        self.events: list[object] = []
-        self.header: StreamOpen | None = None
-
     async def open(self, domain: str) -> StreamOpen:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        self.writer.write(
-            f"<stream:stream xmlns='{NS_COMPONENT}' xmlns:stream='{NS_STREAMS}' "
-            f"to='{domain}'>".encode()
+        await self.connect()
+        await self.send(
+            f"<stream:stream xmlns='{NS_COMPONENT}' xmlns:stream='{NS_STREAMS}' to='{domain}'>"
         )
         ev = await self.next_event()
         assert isinstance(ev, StreamOpen), ev
         self.header = ev
         return ev
 
-    async def next_event(self, timeout: float = 5.0) -> object:
-        while not self.events:
-            data = await asyncio.wait_for(self.reader.read(65536), timeout)
-            if not data:
-                return None
-            self.events.extend(self.parser.feed(data))
-        return self.events.pop(0)
-
-    async def send(self, data: str) -> None:
-        self.writer.write(data.encode())
-        await self.writer.drain()
-
-    async def stream_error(self) -> str | None:
-        """The condition of the next element if it is a stream error."""
-        ev = await self.next_event()
+    async def stream_error(self, timeout: float = 5.0) -> str | None:
+        """The condition of the next element, which must be a stream error."""
+        ev = await self.next_event(timeout)
         assert isinstance(ev, etree._Element), ev
         assert ev.tag == qn(NS_STREAMS, "error"), etree.tostring(ev)
         return next(etree.QName(c).localname for c in ev if etree.QName(c).localname != "text")
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
 
 
 class CuttableProxy:
@@ -357,7 +260,7 @@ def test_message_and_iq_round_trip(components_core: CoreProcess, echoes: Echoes)
                 "<iq to='echo.localhost' type='get' id='u1'><x xmlns='urn:example:none'/></iq>"
             )
             iq = await next_stanza(alice, "iq")
-            assert error_of(iq) == ("cancel", "service-unavailable")
+            assert stanza_error(iq) == ("cancel", "service-unavailable")
 
     asyncio.run(run())
 
@@ -413,12 +316,12 @@ def test_never_connected_component_is_unavailable(components_core: CoreProcess) 
             reply = await ask(carol, "room@never.localhost", "anyone?")
             assert reply.get("type") == "error"
             assert reply.get("from") == "room@never.localhost"
-            assert error_of(reply) == ("cancel", "service-unavailable")
+            assert stanza_error(reply) == ("cancel", "service-unavailable")
             await carol.send(
                 "<iq to='never.localhost' type='get' id='n1'><ping xmlns='urn:xmpp:ping'/></iq>"
             )
             iq = await next_stanza(carol, "iq")
-            assert error_of(iq) == ("cancel", "service-unavailable")
+            assert stanza_error(iq) == ("cancel", "service-unavailable")
 
     asyncio.run(run())
 
@@ -432,20 +335,20 @@ def test_handshake_refusals(components_core: CoreProcess) -> None:
         c = RawComponent(port)
         await c.open("nobody.localhost")
         assert await c.stream_error() == "host-unknown"
-        c.close()
+        await c.close()
 
         c = RawComponent(port)
         header = await c.open("raw.localhost")
         assert header.attrs.get("from") == "raw.localhost" and header.attrs.get("id")
         await c.send(f"<handshake>{handshake_digest(header.attrs['id'], 'wrong')}</handshake>")
         assert await c.stream_error() == "not-authorized"
-        c.close()
+        await c.close()
 
         c = RawComponent(port)
         await c.open("raw.localhost")
         await c.send("<message from='raw.localhost' to='alice@localhost'><body>x</body></message>")
         assert await c.stream_error() == "not-authorized"
-        c.close()
+        await c.close()
 
         c = RawComponent(port)
         header = await c.open("raw.localhost")
@@ -454,7 +357,7 @@ def test_handshake_refusals(components_core: CoreProcess) -> None:
         assert isinstance(ok, etree._Element) and ok.tag == qn(NS_COMPONENT, "handshake")
         await c.send("<message from='x@localhost' to='alice@localhost'><body>x</body></message>")
         assert await c.stream_error() == "invalid-from"
-        c.close()
+        await c.close()
 
     asyncio.run(run())
 
@@ -476,7 +379,7 @@ def test_link_cut_answers_timeout_then_reconnects(
                 await wait_links(core, "cut.localhost", set())
                 reply = await ask(dave, "r@cut.localhost", "during")
                 assert reply.get("type") == "error"
-                assert error_of(reply) == ("wait", "remote-server-timeout")
+                assert stanza_error(reply) == ("wait", "remote-server-timeout")
                 proxy.release()
                 await wait_links(core, "cut.localhost", {"p"})
                 assert body_of(await ask(dave, "r@cut.localhost", "after")) == "p|after"
@@ -550,7 +453,7 @@ def test_component_survives_core_restart(make_core: Callable[..., CoreProcess]) 
         async def component_still_away() -> None:
             async with session(core, "alice") as alice:
                 reply = await ask(alice, "z@echo.localhost", "anyone?")
-                assert error_of(reply) == ("wait", "remote-server-timeout")
+                assert stanza_error(reply) == ("wait", "remote-server-timeout")
                 comp.start()
                 await wait_links(core, "echo.localhost", {"r"})
                 assert body_of(await ask(alice, "z@echo.localhost", "again")) == "r|again"

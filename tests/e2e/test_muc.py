@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -19,9 +18,15 @@ from typing import Any
 from xml.etree import ElementTree
 
 import pytest
-import redis.asyncio
 
-from tests.harness import ROOT, CoreProcess, separate_db, slix_client
+from tests.harness import (
+    ROOT,
+    ComponentProcess,
+    CoreProcess,
+    separate_db,
+    slix_client,
+    wait_links,
+)
 
 SERVICE = "conference.localhost"
 PASSWORD = "correct horse"
@@ -35,65 +40,18 @@ PLUGINS = ("xep_0030", "xep_0045", "xep_0199", "xep_0004", "xep_0092")
 MUC_USER = "{http://jabber.org/protocol/muc#user}"
 
 
-class MucProcess:
+class MucProcess(ComponentProcess):
     """One ``switchboard muc`` instance, a process of its own."""
 
     def __init__(self, core: CoreProcess, instance: str, env: dict[str, str] | None = None):
-        self.core = core
+        args = ["muc", "--instance", instance]
+        super().__init__(core, f"muc-{instance}.log", "core.cli", args, env)
         self.instance = instance
-        self.extra_env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = core.workdir / f"muc-{instance}.log"
-
-    def start(self) -> MucProcess:
-        env = self.core.env()
-        env.update(self.extra_env)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "core.cli", "muc", "--instance", self.instance],
-                cwd=self.core.workdir,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
-        self.proc = None
-        return code
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 async def wait_instances(core: CoreProcess, instances: set[str], timeout: float = 15) -> None:
     """Wait until the core's link records for the MUC domain name exactly ``instances``."""
-    from core.storage import keys
-
-    client = redis.asyncio.Redis.from_url(core.redis_url)
-    got: set[str] = set()
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                got = {k.decode() for k in await client.hkeys(keys.component_links(SERVICE))}
-                if got == instances:
-                    return
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"MUC links: {got}, expected {instances}") from None
-    finally:
-        await client.aclose()
+    await wait_links(core, SERVICE, instances, timeout)
 
 
 def muc_core(redis_server: str, workdir: Path, users: tuple[str, ...]) -> CoreProcess:

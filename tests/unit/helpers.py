@@ -62,7 +62,7 @@ def _text(value: str | None) -> str:
     return (value or "").strip()
 
 
-def _mismatch(actual: Element, expected: Element, path: str) -> str | None:
+def mismatch(actual: Element, expected: Element, path: str = "") -> str | None:
     """Where ``actual`` differs from ``expected``; '*' as an attribute value or as text in
     ``expected`` matches anything present."""
     if actual.tag != expected.tag:
@@ -81,7 +81,7 @@ def _mismatch(actual: Element, expected: Element, path: str) -> str | None:
     if len(got) != len(want_children):
         return f"{here}: {len(got)} children instead of {len(want_children)}"
     for a, e in zip(got, want_children, strict=True):
-        problem = _mismatch(a, e, here)
+        problem = mismatch(a, e, here)
         if problem:
             return problem
     return None
@@ -92,7 +92,7 @@ def assert_xml(actual: Element | None, expected: str | Element) -> None:
     children in order); '*' in ``expected`` matches any attribute value or text."""
     want = xml(expected) if isinstance(expected, str) else expected
     assert actual is not None, f"nothing received, expected {etree.tostring(want).decode()}"
-    problem = _mismatch(actual, want, "")
+    problem = mismatch(actual, want)
     assert problem is None, (
         f"{problem}\n  got:      {etree.tostring(actual).decode()}"
         f"\n  expected: {etree.tostring(want).decode()}"

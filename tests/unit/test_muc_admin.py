@@ -6,9 +6,12 @@ from __future__ import annotations
 from lxml import etree
 
 from tests.unit.test_muc_transcript import (
+    CRONE,
+    HAG,
     OCC,
     ROOM,
     USER,
+    WITCH,
     Muc,
     Run,
     by_recipient,
@@ -16,20 +19,12 @@ from tests.unit.test_muc_transcript import (
     expect,
     muc,
     statuses,
+    witches_room,
 )
 
 __all__ = ["muc"]
 
-CRONE = "crone1@shakespeare.lit/desktop"
-WITCH = "wiccarocks@shakespeare.lit/laptop"
-HAG = "hag66@shakespeare.lit/pda"
 ADMIN = "http://jabber.org/protocol/muc#admin"
-
-
-def _room(muc: Muc, run_async: Run, **config: str) -> None:
-    run_async(muc.create(CRONE, "firstwitch", **config))
-    run_async(muc.join(WITCH, "secondwitch"))
-    run_async(muc.join(HAG, "thirdwitch"))
 
 
 def admin_set(muc: Muc, run_async: Run, frm: str, items: str) -> list[etree._Element]:
@@ -53,7 +48,7 @@ def admin_get(muc: Muc, run_async: Run, frm: str, item: str) -> etree._Element:
 def test_kick(muc: Muc, run_async: Run) -> None:
     """§8.2: the kicked occupant and the others get unavailable presence with 307, the
     actor and the reason; the moderator gets a result."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     out = admin_set(
         muc,
         run_async,
@@ -75,7 +70,7 @@ def test_kick(muc: Muc, run_async: Run) -> None:
 def test_kick_refusals(muc: Muc, run_async: Run) -> None:
     """§8.2: participants cannot kick (forbidden); nobody kicks an owner (not-allowed); an
     unknown nick is item-not-found; an item with role and affiliation is bad-request."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     out = admin_set(muc, run_async, HAG, "<item nick='secondwitch' role='none'/>")
     assert error_condition(out[-1]) == "forbidden"
     admin_set(muc, run_async, CRONE, "<item nick='secondwitch' role='moderator'/>")
@@ -92,7 +87,7 @@ def test_kick_refusals(muc: Muc, run_async: Run) -> None:
 def test_voice_in_moderated_room(muc: Muc, run_async: Run) -> None:
     """§8.3, §8.4, §8.5: moderators grant and revoke voice; the voice list names the
     participants; everyone sees the new role."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     run_async(
         muc.configure(CRONE, "<field var='muc#roomconfig_moderatedroom'><value>1</value></field>")
     )
@@ -121,7 +116,7 @@ def test_voice_in_moderated_room(muc: Muc, run_async: Run) -> None:
 
 def test_ban_and_ban_list(muc: Muc, run_async: Run) -> None:
     """§9.1, §9.2: a ban removes the user with 301 and keeps them out; admins see the list."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     out = admin_set(
         muc,
         run_async,
@@ -154,7 +149,7 @@ def test_ban_and_ban_list(muc: Muc, run_async: Run) -> None:
 def test_member_list_and_reserved_nick(muc: Muc, run_async: Run) -> None:
     """§9.3, §9.5, §7.10: members with reserved nicks; a member's nick is theirs; the
     member's presence shows the new affiliation."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     out = admin_set(
         muc,
         run_async,
@@ -190,7 +185,7 @@ def test_member_list_and_reserved_nick(muc: Muc, run_async: Run) -> None:
 
 def test_members_only_revocation_removes_with_321(muc: Muc, run_async: Run) -> None:
     """§9.4: in a members-only room, losing membership means leaving with status 321."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     admin_set(
         muc,
         run_async,
@@ -207,7 +202,7 @@ def test_members_only_revocation_removes_with_321(muc: Muc, run_async: Run) -> N
 
 def test_becoming_members_only_removes_non_members_with_322(muc: Muc, run_async: Run) -> None:
     """§10.2: switching on members-only removes occupants without membership (322)."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     admin_set(
         muc, run_async, CRONE, "<item affiliation='member' jid='wiccarocks@shakespeare.lit'/>"
     )
@@ -221,7 +216,7 @@ def test_becoming_members_only_removes_non_members_with_322(muc: Muc, run_async:
 def test_moderator_admin_and_owner_lists(muc: Muc, run_async: Run) -> None:
     """§9.6-§9.8, §10.3-§10.8: admins grant moderator; only owners name admins and owners;
     an admin cannot touch an owner; the last owner cannot leave the list."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     out = admin_set(
         muc, run_async, CRONE, "<item affiliation='admin' jid='wiccarocks@shakespeare.lit'/>"
     )
@@ -266,7 +261,7 @@ def test_moderator_admin_and_owner_lists(muc: Muc, run_async: Run) -> None:
 
 def test_set_with_several_items_is_all_or_nothing(muc: Muc, run_async: Run) -> None:
     """§9.5: one refused item refuses the whole set and changes nothing."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     out = admin_set(
         muc,
         run_async,
@@ -281,7 +276,7 @@ def test_set_with_several_items_is_all_or_nothing(muc: Muc, run_async: Run) -> N
 def test_revoking_moderator_and_admin(muc: Muc, run_async: Run) -> None:
     """§9.7: an admin revokes a granted moderator (back to participant); §10.7: an owner
     revokes an admin, whose role follows (participant) and whom the room announces."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     admin_set(muc, run_async, CRONE, "<item nick='thirdwitch' role='moderator'/>")
     out = admin_set(muc, run_async, CRONE, "<item nick='thirdwitch' role='participant'/>")
     item = by_recipient(out)[WITCH][0].find(f"{{{USER}}}x/{{{USER}}}item")
@@ -300,7 +295,7 @@ def test_revoking_moderator_and_admin(muc: Muc, run_async: Run) -> None:
 
 def test_members_see_the_member_list_of_a_members_only_room(muc: Muc, run_async: Run) -> None:
     """§7.11: in a members-only room a member may retrieve the member list."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     admin_set(
         muc,
         run_async,
@@ -323,7 +318,7 @@ def test_members_see_the_member_list_of_a_members_only_room(muc: Muc, run_async:
 
 def test_banning_oneself_is_a_conflict(muc: Muc, run_async: Run) -> None:
     """§9.1: an admin or owner who tries to ban themselves gets conflict, and stays."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     admin_set(muc, run_async, CRONE, "<item affiliation='owner' jid='hag66@shakespeare.lit'/>")
     out = admin_set(
         muc, run_async, CRONE, "<item affiliation='outcast' jid='crone1@shakespeare.lit'/>"
@@ -336,7 +331,7 @@ def test_affiliation_changes_of_absent_users_are_told_with_101(muc: Muc, run_asy
     """§9.3 and the status code registry: a user who is not in the room learns of a new
     affiliation by a message from the room to their bare JID with status 101; a new member
     of a members-only room gets an invitation instead (§9.5); a banned server gets nothing."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     out = admin_set(
         muc,
         run_async,
@@ -383,7 +378,7 @@ def test_affiliation_changes_of_absent_users_are_told_with_101(muc: Muc, run_asy
 def test_ban_list_and_moderator_list_change_by_jid(muc: Muc, run_async: Run) -> None:
     """§9.2 and §9.8: admins send list deltas by JID; every banned occupant leaves with 301
     and a moderator granted by JID is announced."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     out = admin_set(
         muc,
         run_async,

@@ -8,9 +8,12 @@ from lxml import etree
 from components.muc.settings import MucSettings
 from components.muc.stanzas import occupant_id
 from tests.unit.test_muc_transcript import (
+    CRONE,
+    HAG,
     OCC,
     ROOM,
     USER,
+    WITCH,
     Muc,
     Run,
     by_recipient,
@@ -18,26 +21,18 @@ from tests.unit.test_muc_transcript import (
     expect,
     muc,
     statuses,
+    witches_room,
 )
 
 __all__ = ["muc"]
 
-CRONE = "crone1@shakespeare.lit/desktop"
-WITCH = "wiccarocks@shakespeare.lit/laptop"
-HAG = "hag66@shakespeare.lit/pda"
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
-
-
-def _room(muc: Muc, run_async: Run, **config: str) -> None:
-    run_async(muc.create(CRONE, "firstwitch", **config))
-    run_async(muc.join(WITCH, "secondwitch"))
-    run_async(muc.join(HAG, "thirdwitch"))
 
 
 def test_groupchat_fans_out_to_every_occupant(muc: Muc, run_async: Run) -> None:
     """§7.4: reflected to all occupants, sender included, from the occupant JID, same id,
     with an occupant id (XEP-0421) that the sender cannot forge."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     out = run_async(
         muc.send(
             f"<message from='{HAG}' to='{ROOM}' type='groupchat' id='lh2bs617'>"
@@ -62,7 +57,7 @@ def test_groupchat_refusals(muc: Muc, run_async: Run) -> None:
     """§7.4: not an occupant → not-acceptable; a visitor in a moderated room → forbidden;
     a message over the size limit → policy-violation; a room that does not exist →
     item-not-found."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     out = run_async(
         muc.send(
             "<message from='stranger@x.lit/a' to='coven@conference.localhost' type='groupchat'>"
@@ -101,7 +96,7 @@ def test_groupchat_refusals(muc: Muc, run_async: Run) -> None:
 
 def test_subject_changes(muc: Muc, run_async: Run) -> None:
     """§8.1: moderators change the subject; participants only where the room allows it."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     out = run_async(
         muc.send(
             f"<message from='{HAG}' to='{ROOM}' type='groupchat'><subject>mine</subject></message>"
@@ -134,7 +129,7 @@ def test_private_messages(muc: Muc, run_async: Run) -> None:
     """§7.5: a private message goes to the occupant from the sender's occupant JID with an
     empty muc#user extension and the sender's occupant id (XEP-0421 §4); groupchat type is
     bad-request; unknown nick item-not-found."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     out = run_async(
         muc.send(
             f"<message from='{WITCH}' to='{ROOM}/firstwitch' type='chat' id='p1'>"
@@ -168,7 +163,7 @@ def test_private_messages(muc: Muc, run_async: Run) -> None:
 
 def test_private_message_policy(muc: Muc, run_async: Run) -> None:
     """muc#roomconfig_allowpm: 'moderators' lets only moderators send private messages."""
-    _room(muc, run_async, **{"muc#roomconfig_allowpm": "moderators"})
+    witches_room(muc, run_async, **{"muc#roomconfig_allowpm": "moderators"})
     out = run_async(
         muc.send(
             f"<message from='{HAG}' to='{ROOM}/firstwitch' type='chat'><body>x</body></message>"
@@ -186,7 +181,7 @@ def test_private_message_policy(muc: Muc, run_async: Run) -> None:
 def test_mediated_invitation_and_decline(muc: Muc, run_async: Run) -> None:
     """§7.8.2: the room invites on the occupant's behalf, from the room JID with the
     password; the invitee's decline goes back to the inviter."""
-    _room(
+    witches_room(
         muc,
         run_async,
         **{
@@ -225,7 +220,7 @@ def test_mediated_invitation_and_decline(muc: Muc, run_async: Run) -> None:
 def test_invitations_in_members_only_rooms(muc: Muc, run_async: Run) -> None:
     """§7.8.2 / §9.3: members may not invite unless allowed; an owner's invitation makes the
     invitee a member, so they can enter."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     run_async(
         muc.send(
             f"<iq type='set' id='m' from='{CRONE}' to='{ROOM}'>"
@@ -251,7 +246,7 @@ def test_invitations_in_members_only_rooms(muc: Muc, run_async: Run) -> None:
 def test_voice_request_and_approval(muc: Muc, run_async: Run) -> None:
     """§8.6: a visitor's voice request reaches the moderators as a form; approving it makes
     the visitor a participant."""
-    _room(muc, run_async, **{"muc#roomconfig_moderatedroom": "1"})
+    witches_room(muc, run_async, **{"muc#roomconfig_moderatedroom": "1"})
     run_async(muc.send(f"<presence from='{HAG}' to='{ROOM}/thirdwitch' type='unavailable'/>"))
     run_async(muc.join(HAG, "thirdwitch"))
     assert muc.service.rooms[ROOM].occupants["thirdwitch"].role == "visitor"
@@ -279,7 +274,7 @@ def test_voice_request_and_approval(muc: Muc, run_async: Run) -> None:
 def test_error_bounce_removes_the_occupant(muc: Muc, run_async: Run) -> None:
     """§18.1: an error from an occupant's server means its session is gone; the others see
     it leave with status 333 (not 307)."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     out = run_async(
         muc.send(
             f"<message from='{HAG}' to='{ROOM}/firstwitch' type='error'>"
@@ -301,7 +296,7 @@ def test_error_bounce_removes_the_occupant(muc: Muc, run_async: Run) -> None:
 
 def test_history_keeps_only_stored_kinds(muc: Muc, run_async: Run) -> None:
     """§7.2.15 with XEP-0334: bodiless messages and no-store hints stay out of history."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     for extra in (
         "<body>kept</body>",
         "<body>skip</body><no-store xmlns='urn:xmpp:hints'/>",
@@ -333,7 +328,7 @@ def test_message_size_limit_is_a_setting(redis_client: object, run_async: Run) -
 
 def test_invitation_continues_a_one_to_one_chat(muc: Muc, run_async: Run) -> None:
     """§7.9: an invitation with <continue/> keeps its thread for the invitee."""
-    _room(muc, run_async)
+    witches_room(muc, run_async)
     out = run_async(
         muc.send(
             f"<message from='{CRONE}' to='{ROOM}'><x xmlns='{USER}'>"

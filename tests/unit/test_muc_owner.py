@@ -7,6 +7,8 @@ from __future__ import annotations
 from lxml import etree
 
 from tests.unit.test_muc_transcript import (
+    CRONE,
+    HAG,
     OCC,
     ROOM,
     SERVICE,
@@ -23,8 +25,6 @@ from tests.unit.test_muc_transcript import (
 
 __all__ = ["muc"]
 
-CRONE = "crone1@shakespeare.lit/desktop"
-HAG = "hag66@shakespeare.lit/pda"
 OWNER = "http://jabber.org/protocol/muc#owner"
 DATA = "jabber:x:data"
 INFO = "http://jabber.org/protocol/disco#info"

@@ -7,11 +7,14 @@ from lxml import etree
 
 from components.muc.settings import MucSettings
 from tests.unit.test_muc_transcript import (
+    CRONE,
+    HAG,
     MUC,
     OCC,
     ROOM,
     T0,
     USER,
+    WITCH,
     Muc,
     Run,
     by_recipient,
@@ -23,10 +26,6 @@ from tests.unit.test_muc_transcript import (
 
 __all__ = ["muc"]
 NS = "jabber:client"
-
-CRONE = "crone1@shakespeare.lit/desktop"
-WITCH = "wiccarocks@shakespeare.lit/laptop"
-HAG = "hag66@shakespeare.lit/pda"
 
 
 def test_joining_a_new_room_creates_it_locked(muc: Muc, run_async: Run) -> None:

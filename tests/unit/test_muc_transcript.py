@@ -148,6 +148,19 @@ def muc(redis_client: redis.asyncio.Redis) -> Iterator[Muc]:
 
 Run = Callable[[Awaitable[Any]], Any]
 
+# The cast of the XEP-0045 examples, shared by the test_muc_* transcripts.
+CRONE = "crone1@shakespeare.lit/desktop"
+WITCH = "wiccarocks@shakespeare.lit/laptop"
+HAG = "hag66@shakespeare.lit/pda"
+
+
+def witches_room(muc: Muc, run_async: Run, **config: str) -> None:
+    """The room of the examples: CRONE creates it as firstwitch (with ``config``), then WITCH
+    and HAG join as secondwitch and thirdwitch."""
+    run_async(muc.create(CRONE, "firstwitch", **config))
+    run_async(muc.join(WITCH, "secondwitch"))
+    run_async(muc.join(HAG, "thirdwitch"))
+
 
 def test_harness_parses_stanzas_in_the_client_namespace() -> None:
     """Stanzas written in tests are jabber:client stanzas with foreign payloads kept."""

@@ -21,46 +21,13 @@ from core.storage import keys
 from core.xmpp.jid import JID, parse_jid
 from core.xmpp.ns import NS_CLIENT
 from core.xmpp.stanza import Element
-
-ANY = "*"  # an expected attribute value that matches any value
+from tests.unit.helpers import mismatch
 
 
 def xml(text: str) -> Element:
     """A stanza from its text, in the jabber:client namespace like everything in the core."""
     wrapper = etree.fromstring(f"<w xmlns='{NS_CLIENT}'>{text}</w>")
     return copy.deepcopy(wrapper[0])
-
-
-def _local(tag: str) -> str:
-    return tag.rpartition("}")[2]
-
-
-def mismatch(actual: Element, expected: Element, path: str = "") -> str | None:
-    """Why ``actual`` differs from ``expected`` (None when they match): same names, same
-    attributes (``*`` matches any value), same text, same children in the same order."""
-    here = f"{path}/{_local(expected.tag)}"
-    if actual.tag != expected.tag:
-        return f"{here}: element {actual.tag} instead of {expected.tag}"
-    want = dict(expected.attrib)
-    have = dict(actual.attrib)
-    if set(want) != set(have):
-        return f"{here}: attributes {sorted(have)} instead of {sorted(want)}"
-    for name, value in want.items():
-        if value != ANY and have[name] != value:
-            return f"{here}: {name}={have[name]!r} instead of {value!r}"
-    if (expected.text or "").strip() != ANY and (actual.text or "").strip() != (
-        expected.text or ""
-    ).strip():
-        return f"{here}: text {actual.text!r} instead of {expected.text!r}"
-    a_children = [c for c in actual if isinstance(c.tag, str)]
-    e_children = [c for c in expected if isinstance(c.tag, str)]
-    if len(a_children) != len(e_children):
-        return f"{here}: {len(a_children)} children instead of {len(e_children)}"
-    for a, e in zip(a_children, e_children, strict=True):
-        why = mismatch(a, e, here)
-        if why:
-            return why
-    return None
 
 
 def show(stanzas: list[Element]) -> str:
