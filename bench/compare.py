@@ -65,7 +65,7 @@ def plan(quick: bool) -> list[Run]:
         ),
         Run(
             "messages",
-            ("messages", "--pairs", str(pairs), "--window", "2", "--duration", dur),
+            ("messages", "--pairs", str(pairs), "--window", "2", "--duration", dur, "-c", "20"),
             (
                 ("msgs_per_s", "messages/s", True),
                 ("msgs_per_server_cpu_s", "messages per server CPU-s", True),
@@ -73,7 +73,19 @@ def plan(quick: bool) -> list[Run]:
         ),
         Run(
             "latency",
-            ("latency", "--pairs", "50", "--rate", "1000", "--duration", dur, "--warmup", "1"),
+            (
+                "latency",
+                "--pairs",
+                "50",
+                "--rate",
+                "1000",
+                "--duration",
+                dur,
+                "--warmup",
+                "1",
+                "-c",
+                "20",
+            ),
             (
                 ("p50_ms", "p50 ms at 1000 msg/s", False),
                 ("p99_ms", "p99 ms at 1000 msg/s", False),
@@ -82,7 +94,19 @@ def plan(quick: bool) -> list[Run]:
         ),
         Run(
             "latency-2x",
-            ("latency", "--pairs", "50", "--rate", "2000", "--duration", dur, "--warmup", "1"),
+            (
+                "latency",
+                "--pairs",
+                "50",
+                "--rate",
+                "2000",
+                "--duration",
+                dur,
+                "--warmup",
+                "1",
+                "-c",
+                "20",
+            ),
             (
                 ("p99_ms", "p99 ms at 2000 msg/s", False),
                 ("server_cpu_s", "server CPU s at 2000 msg/s (1000: see above)", False),

@@ -29,7 +29,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from bench import proc
@@ -42,81 +42,16 @@ from bench.client import (
     client_tls_context,
     connect,
 )
+from bench.measure import (
+    MessageCounter,
+    Meter,
+    PresenceCounter,
+    Stamps,
+    percentile,
+    settle,
+)
 
 BODY = "Hello! This chat message is a benchmark payload of a typical length for a short line."
-MESSAGE_END = b"</message>"
-PRESENCE_START = b"<presence"
-UNAVAILABLE = (b"type='unavailable'", b'type="unavailable"')
-ERROR_MARKS = (b"type='error'", b'type="error"')
-
-
-# Measuring -------------------------------------------------------------------------------
-
-
-@dataclass
-class Meter:
-    """CPU seconds of the server, its helpers and the generator over one interval."""
-
-    server: list[int]
-    aux: list[int]
-    started: float = 0.0
-    cpu0: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
-    result: dict[str, float] = field(default_factory=dict)
-
-    def _now(self) -> tuple[float, float, float, float]:
-        return (
-            proc.threads_cpu(self.server),
-            proc.threads_cpu(self.aux),
-            proc.own_cpu_seconds(),
-            proc.machine_busy_seconds(),
-        )
-
-    def start(self) -> None:
-        self.cpu0 = self._now()
-        self.started = time.monotonic()
-
-    def stop(self, wall: float | None = None) -> dict[str, float]:
-        """Close the interval; ``wall`` overrides its length (when CPU was read later)."""
-        cpu1 = self._now()
-        elapsed = wall if wall is not None else time.monotonic() - self.started
-        server, aux, gen, busy = (b - a for a, b in zip(self.cpu0, cpu1, strict=True))
-        self.result = {
-            "wall_s": round(elapsed, 3),
-            "gen_cpu_s": round(gen, 2),
-            "gen_cpu_pct": round(100 * gen / elapsed, 1) if elapsed > 0 else 0.0,
-            # CPU that neither the server, its helpers nor the generator used: other work on
-            # the machine, which competes with the run and makes its figures less reliable.
-            "others_cpu_s": round(max(0.0, busy - server - aux - gen), 2),
-        }
-        if self.server:
-            self.result["server_cpu_s"] = round(server, 2)
-            self.result["server_cpu_pct"] = round(100 * server / elapsed, 1) if elapsed else 0.0
-        if self.aux:
-            self.result["aux_cpu_s"] = round(aux, 2)
-        return self.result
-
-
-async def settle(pids: list[int], *, quiet: float = 0.2, limit: float = 3.0) -> None:
-    """Wait until the server stops using CPU (at most ``limit`` seconds), so that work it
-    still does for the interval (closing sessions, flushing) is counted in it."""
-    if not pids:
-        return
-    end = time.monotonic() + limit
-    last = proc.threads_cpu(pids)
-    while time.monotonic() < end:
-        await asyncio.sleep(quiet)
-        now = proc.threads_cpu(pids)
-        if now - last < 0.02:
-            return
-        last = now
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile (0..1) of sorted values, nearest rank; 0 when there are none."""
-    if not sorted_values:
-        return 0.0
-    rank = max(0, min(len(sorted_values) - 1, int(q * len(sorted_values) + 0.5) - 1))
-    return sorted_values[rank]
 
 
 # Logging in ------------------------------------------------------------------------------
@@ -313,55 +248,12 @@ def _message(to: bytes, body: str) -> bytes:
     return b"<message to='" + to + b"' type='chat'><body>" + body.encode() + b"</body></message>"
 
 
-def seam_count(tail: bytes, data: bytes, marker: bytes) -> int:
-    """Occurrences of ``marker`` in ``data``, plus the one that may straddle the end of the
-    previous chunk (whose last bytes are ``tail``) and the start of this one."""
-    k = len(marker) - 1
-    return data.count(marker) + (tail[-k:] + data[:k]).count(marker)
-
-
-# Bytes kept from the end of each chunk: the longest marker minus one.
-TAIL = 17
-
-
-class _Counter:
-    """Counts complete messages in a stream's chunks and answers each with a new one."""
-
-    __slots__ = ("batch", "errors", "received", "reply", "running", "tail", "transport")
-
-    def __init__(self, conn: Connection, reply: bytes, batch: bool) -> None:
-        self.transport = conn.transport
-        self.reply = reply
-        self.batch = batch
-        self.received = 0
-        self.errors = 0
-        self.tail = b""
-        self.running = True
-
-    def __call__(self, data: bytes) -> None:
-        n = seam_count(self.tail, data, MESSAGE_END)
-        self.tail = data[-9:] if len(data) >= 9 else (self.tail + data)[-9:]
-        if b"error" in data:
-            self.errors += data.count(ERROR_MARKS[0]) + data.count(ERROR_MARKS[1])
-        if n:
-            self.received += n
-            if self.running:
-                write = self.transport.write  # type: ignore[union-attr]
-                if self.batch:
-                    write(self.reply * n)
-                else:
-                    # One write per message: each leaves in its own segment (asyncio sets
-                    # TCP_NODELAY), as from a client that sends one message at a time.
-                    for _ in range(n):
-                        write(self.reply)
-
-
 async def scenario_messages(a: argparse.Namespace, t: Target, meter: Meter) -> dict[str, Any]:
     errors: list[str] = []
     conns, partners = await _pairs(a, t, errors)
     counters = []
     for conn, partner in zip(conns, partners, strict=True):
-        counter = _Counter(conn, _message(partner, BODY), a.batch)
+        counter = MessageCounter(conn, _message(partner, BODY), a.batch)
         conn.on_data = counter
         counters.append(counter)
     server = meter.server[0] if meter.server else None
@@ -394,41 +286,6 @@ async def scenario_messages(a: argparse.Namespace, t: Target, meter: Meter) -> d
     return out
 
 
-class _Stamps:
-    """Reads the send times out of received message bodies (``<body>t<ns></body>``)."""
-
-    __slots__ = ("buf", "errors", "latencies", "since")
-
-    def __init__(self, latencies: list[int], since: list[int]) -> None:
-        self.buf = b""
-        self.latencies = latencies
-        self.since = since  # [ns]: sends before this are warm-up and not recorded
-        self.errors = 0
-
-    def __call__(self, data: bytes) -> None:
-        now = time.monotonic_ns()
-        buf = self.buf + data if self.buf else data
-        pos = 0
-        keep_from = max(0, len(buf) - 6)
-        since = self.since[0]
-        while True:
-            i = buf.find(b"<body>t", pos)
-            if i < 0:
-                break
-            j = buf.find(b"</body>", i)
-            if j < 0:
-                keep_from = i
-                break
-            sent = int(buf[i + 7 : j])
-            if sent >= since:
-                self.latencies.append(now - sent)
-            pos = j + 7
-            keep_from = pos
-        if b"error" in data:
-            self.errors += data.count(ERROR_MARKS[0]) + data.count(ERROR_MARKS[1])
-        self.buf = buf[keep_from:]
-
-
 async def scenario_latency(a: argparse.Namespace, t: Target, meter: Meter) -> dict[str, Any]:
     errors: list[str] = []
     conns, partners = await _pairs(a, t, errors)
@@ -436,7 +293,7 @@ async def scenario_latency(a: argparse.Namespace, t: Target, meter: Meter) -> di
     since = [1 << 62]
     stamps = []
     for conn in conns:
-        s = _Stamps(latencies, since)
+        s = Stamps(latencies, since)
         conn.on_data = s
         stamps.append(s)
     heads = [b"<message to='" + p + b"' type='chat'><body>t" for p in partners]
@@ -458,7 +315,8 @@ async def scenario_latency(a: argparse.Namespace, t: Target, meter: Meter) -> di
             measured_sent = 0
         due = start + i * interval
         # Send everything that is due; a message more than 5 ms late means the generator
-        # fell behind its schedule and is counted as such.
+        # fell behind its schedule and is counted as such (the latency is measured from
+        # the actual send, so such lateness is not hidden in the figures, only reported).
         while i < total and due <= now:
             if now - due > 0.005:
                 late += 1
@@ -469,7 +327,9 @@ async def scenario_latency(a: argparse.Namespace, t: Target, meter: Meter) -> di
             measured_sent += 1
             due = start + i * interval
         if i < total:
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            # Event loop timers have millisecond resolution (epoll, libuv): a shorter sleep
+            # would spin. Messages that fall due meanwhile leave together at the next tick.
+            await asyncio.sleep(max(0.001, due - time.monotonic()))
     m = meter.stop()
     # Let the last messages arrive (bounded).
     deadline = time.monotonic() + 2.0
@@ -497,24 +357,6 @@ async def scenario_latency(a: argparse.Namespace, t: Target, meter: Meter) -> di
     return out
 
 
-class _PresenceCounter:
-    """Counts presence stanzas, and among them those that are not ``unavailable``."""
-
-    __slots__ = ("tail", "total")
-
-    def __init__(self, total: list[int]) -> None:
-        self.tail = b""
-        self.total = total  # [all stanzas, available ones], shared by all streams
-
-    def __call__(self, data: bytes) -> None:
-        tail = self.tail
-        n = seam_count(tail, data, PRESENCE_START)
-        gone = seam_count(tail, data, UNAVAILABLE[0]) + seam_count(tail, data, UNAVAILABLE[1])
-        self.tail = data[-TAIL:] if len(data) >= TAIL else (tail + data)[-TAIL:]
-        self.total[0] += n
-        self.total[1] += n - gone
-
-
 async def scenario_presence(a: argparse.Namespace, t: Target, meter: Meter) -> dict[str, Any]:
     names = [t.user(a.user_prefix, a.first + i) for i in range(a.n)]
     errors: list[str] = []
@@ -523,7 +365,7 @@ async def scenario_presence(a: argparse.Namespace, t: Target, meter: Meter) -> d
     total = [0, 0]
     counters = []
     for conn in ok:
-        c = _PresenceCounter(total)
+        c = PresenceCounter(total)
         conn.on_data = c
         counters.append(c)
     # Each user receives the presence of its contacts (they are all online) and its own

@@ -1,5 +1,5 @@
-"""The load generator's counting, percentiles and provisioning helpers (bench/loadgen.py,
-bench/servers.py, bench/compare.py); no servers are started here."""
+"""The load generator's counting, percentiles and provisioning helpers (bench/measure.py,
+bench/loadgen.py, bench/servers.py, bench/compare.py); no servers are started here."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bench import compare, loadgen, servers
+from bench import compare, loadgen, measure, servers
 
 
 class _Sink:
@@ -37,7 +37,7 @@ def test_counter_counts_messages_split_anywhere(size: int) -> None:
     and each is answered with one reply."""
     msg = b"<message from='a@l/r' type='chat'><body>hi</body></message>"
     conn = _Conn()
-    counter = loadgen._Counter(conn, b"R", batch=False)  # type: ignore[arg-type]
+    counter = measure.MessageCounter(conn, b"R", batch=False)  # type: ignore[arg-type]
     for chunk in _chunks(msg * 25, size):
         counter(chunk)
     assert counter.received == 25
@@ -48,7 +48,7 @@ def test_counter_counts_messages_split_anywhere(size: int) -> None:
 def test_counter_batches_replies_and_counts_errors() -> None:
     """With batch, n messages get one write; error bounces are counted as errors."""
     conn = _Conn()
-    counter = loadgen._Counter(conn, b"R", batch=True)  # type: ignore[arg-type]
+    counter = measure.MessageCounter(conn, b"R", batch=True)  # type: ignore[arg-type]
     counter(b"<message type='chat'/></message><message type=\"error\"></message>")
     assert conn.transport.data == [b"RR"]
     assert counter.errors == 1
@@ -57,7 +57,7 @@ def test_counter_batches_replies_and_counts_errors() -> None:
 def test_counter_stops_answering_when_not_running() -> None:
     """After the measured interval no new messages are sent."""
     conn = _Conn()
-    counter = loadgen._Counter(conn, b"R", batch=False)  # type: ignore[arg-type]
+    counter = measure.MessageCounter(conn, b"R", batch=False)  # type: ignore[arg-type]
     counter.running = False
     counter(b"<message></message>")
     assert counter.received == 1 and conn.transport.data == []
@@ -72,7 +72,7 @@ def test_presence_counter_separates_unavailable(size: int) -> None:
         b"<iq type='result' id='roster'/>"
     ) * 3
     total = [0, 0]
-    counter = loadgen._PresenceCounter(total)
+    counter = measure.PresenceCounter(total)
     for chunk in _chunks(data, size):
         counter(chunk)
     assert total == [12, 6]
@@ -83,7 +83,7 @@ def test_stamps_read_send_times_from_bodies(size: int) -> None:
     """Latency is read from each message body's send time, across chunk boundaries, and
     messages sent before the measured interval are left out."""
     latencies: list[int] = []
-    stamps = loadgen._Stamps(latencies, [100])
+    stamps = measure.Stamps(latencies, [100])
     data = b"".join(
         b"<message from='a' type='chat'><body>t%d</body></message>" % t for t in (50, 100, 200)
     )
@@ -95,17 +95,17 @@ def test_stamps_read_send_times_from_bodies(size: int) -> None:
 
 def test_seam_count_finds_a_marker_across_chunks() -> None:
     """A marker split across two chunks is counted exactly once."""
-    assert loadgen.seam_count(b"xx</mes", b"sage>yy", b"</message>") == 1
-    assert loadgen.seam_count(b"</message>", b"zz", b"</message>") == 0
-    assert loadgen.seam_count(b"", b"</message></message>", b"</message>") == 2
+    assert measure.seam_count(b"xx</mes", b"sage>yy", b"</message>") == 1
+    assert measure.seam_count(b"</message>", b"zz", b"</message>") == 0
+    assert measure.seam_count(b"", b"</message></message>", b"</message>") == 2
 
 
 def test_percentile_is_nearest_rank() -> None:
     """p50 and p99 of 1..100 are 50 and 99; no values give 0."""
     values = [float(i) for i in range(1, 101)]
-    assert loadgen.percentile(values, 0.5) == 50.0
-    assert loadgen.percentile(values, 0.99) == 99.0
-    assert loadgen.percentile([], 0.99) == 0.0
+    assert measure.percentile(values, 0.5) == 50.0
+    assert measure.percentile(values, 0.99) == 99.0
+    assert measure.percentile([], 0.99) == 0.0
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -236,7 +236,7 @@ def test_meter_reports_cpu_of_processes() -> None:
     """The meter reads CPU seconds of the given processes and of the generator itself."""
     import os
 
-    meter = loadgen.Meter(server=[os.getpid()], aux=[])
+    meter = measure.Meter(server=[os.getpid()], aux=[])
     meter.start()
     sum(i * i for i in range(200_000))
     m = meter.stop()
