@@ -13,6 +13,7 @@ temporary directory it owns.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import os
@@ -127,7 +128,7 @@ class Accounts:
     domain: str = DOMAIN
 
 
-class Server:
+class Server(abc.ABC):
     """A server process under test; ``pids`` are the server's, ``aux_pids`` its helpers'."""
 
     name = ""
@@ -145,11 +146,13 @@ class Server:
     def aux_pids(self) -> list[int]:
         return []
 
+    @abc.abstractmethod
     def provision(self, accounts: Accounts) -> None:
-        raise NotImplementedError
+        """Create the accounts (and rosters) in the server's own storage."""
 
+    @abc.abstractmethod
     def start(self, cpus: set[int] | None) -> None:
-        raise NotImplementedError
+        """Start the server pinned to ``cpus`` and wait until it listens."""
 
     def stop(self) -> None:
         p, self.proc = self.proc, None
