@@ -25,6 +25,8 @@ from core.xmpp.module import Dispatcher, Module
 from core.xmpp.tls import ServerTLS, ensure_self_signed
 
 log = logging.getLogger(__name__)
+# Seconds the modules get to stop; a server must stop even when one of them hangs.
+STOP_HOOKS_TIMEOUT = 5.0
 
 
 def default_modules() -> list[Module]:
@@ -261,7 +263,13 @@ class CoreServer:
     async def stop(self) -> None:
         from core.xmpp.errors import StreamError
 
-        await self.dispatcher.emit("server-stopping", self)
+        log.debug("stopping: modules")
+        try:
+            stopping = self.dispatcher.emit("server-stopping", self)
+            await asyncio.wait_for(stopping, STOP_HOOKS_TIMEOUT)
+        except TimeoutError:
+            log.warning("modules did not stop within %g s; stopping anyway", STOP_HOOKS_TIMEOUT)
+        log.debug("stopping: streams")
         for stream in list(self.c2s_streams):
             stream.close_reason = "server shutting down"
             stream.close_with(StreamError("system-shutdown"))
@@ -273,9 +281,13 @@ class CoreServer:
             stream.transport.abortConnection()
         # Let the closing sessions finish their clean-up before deregistering the node.
         if self._tasks:
+            log.debug("stopping: %d tasks", len(self._tasks))
             await asyncio.wait(list(self._tasks), timeout=5)
+        log.debug("stopping: component routes")
         await self.components.stop()
+        log.debug("stopping: session registry")
         await self.sessions.stop()
+        log.debug("stopped")
 
     def status(self) -> dict[str, Any]:
         return {

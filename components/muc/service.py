@@ -163,8 +163,10 @@ class MucService:
             try:
                 out = await step(room)
             except Exception:
-                if room is not None and room.changes:
-                    self.rooms.pop(jid, None)  # partly changed: reload next time
+                if room is None or room.changes:
+                    # Partly changed: reload next time. A room the step created before it
+                    # failed (a refused first join) was never stored: it must not stay cached.
+                    self.rooms.pop(jid, None)
                 raise
             room = self.rooms.get(jid, room)
             if room is None or not room.changes:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from core.server import CoreServer
 
 log = logging.getLogger(__name__)
+PUBSUB_CLOSE_TIMEOUT = 1.0  # seconds
 Element = etree._Element
 
 QN_ITEM = qn(NS_ROSTER, "item")
@@ -213,8 +214,9 @@ class Rosters:
         task, self._listener = self._listener, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Bounded: redis-py's pub/sub read can absorb a cancellation, and stopping the
+            # server must not wait on it.
+            await asyncio.wait([task], timeout=PUBSUB_CLOSE_TIMEOUT)
 
     async def _listen(self) -> None:
         delay = 0.1
@@ -244,7 +246,9 @@ class Rosters:
                 delay = min(delay * 2, 5.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    # Bounded: closing a pub/sub connection cancelled mid-command can wait
+                    # forever on the connection, and shutdown must not.
+                    await asyncio.wait_for(pubsub.aclose(), PUBSUB_CLOSE_TIMEOUT)
 
 
 def rosters_of(host: Any) -> Rosters:

@@ -7,7 +7,9 @@ module installs the default reactor, after which ours can no longer be installed
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
+import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -29,9 +31,23 @@ def install() -> None:
         )
     from twisted.internet import asyncioreactor
 
+    _stop_on_interrupt()
     # With no loop given Twisted creates a fresh one and makes it the current loop. We do not
     # use uvloop: with the asyncio reactor it has been seen to hang.
     asyncioreactor.install()
+
+
+def _stop_on_interrupt() -> None:
+    """Let SIGINT stop the process even when it started with SIGINT ignored.
+
+    A shell starts background jobs with SIGINT ignored; Python then keeps it ignored and
+    Twisted only takes over SIGINT from Python's default handler. A server started that way
+    (by a script, a CI job, ``cmd &``) would ignore Ctrl-C and ``kill -INT``; restoring the
+    default handler lets Twisted install its own, which stops the reactor cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _loop() -> asyncio.AbstractEventLoop:

@@ -17,11 +17,11 @@ log = logging.getLogger(__name__)
 
 # Failing fast matters more than patience here: callers decide whether to retry.
 CONNECT_TIMEOUT = 5.0
-# Connections one process opens at most. A burst beyond it waits for a free connection
-# (POOL_TIMEOUT at most) rather than failing: redis-py's default pool raises at once, which
-# turned a burst of logins into temporary-auth-failure answers.
-MAX_CONNECTIONS = 128
-POOL_TIMEOUT = 10.0
+# Connections one process may open. redis-py's asyncio pool allows 100 by default and raises
+# past that instead of waiting, which turned a burst of logins into temporary-auth-failure
+# answers. (Its blocking pool waits instead, but then a pub/sub listener cancelled at
+# shutdown can hang while it closes.)
+MAX_CONNECTIONS = 1024
 
 
 class RedisUnavailable(ConnectionError):
@@ -33,15 +33,12 @@ def connect(url: str) -> redis.asyncio.Redis:
 
     Raises ValueError for a URL redis-py cannot use.
     """
-    pool = redis.asyncio.BlockingConnectionPool.from_url(
+    return redis.asyncio.Redis.from_url(
         url,
         max_connections=MAX_CONNECTIONS,
-        timeout=POOL_TIMEOUT,
         decode_responses=False,
         socket_connect_timeout=CONNECT_TIMEOUT,
     )
-    # from_pool: the client owns the pool and closes it with aclose().
-    return redis.asyncio.Redis.from_pool(pool)
 
 
 def redact_url(url: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 import time
 
 import redis.asyncio
@@ -20,11 +21,16 @@ from core.storage import keys
 from core.xmpp.jid import JIDError, prep_domain, prep_local
 from core.xmpp.sasl import ScramCredentials, derive_scram_credentials, saslprep
 
+log = logging.getLogger(__name__)
+
 # Both, always: a client may offer only one of them.
 HASH_NAMES = ("sha1", "sha256")
 _CRED_FIELDS = ("salt", "iterations", "stored_key", "server_key")
 # Optimistic transactions retried this often before giving up on a hot key.
 WRITE_ATTEMPTS = 3
+# The sender named in change announcements made here: no core node has this id, so every
+# node acts on them.
+ANNOUNCER = "account-store"
 
 
 class AccountExists(Exception):
@@ -117,6 +123,16 @@ class AccountStore:
             pipe.delete(*keys.per_account_keys(bare))
             pipe.srem(keys.accounts_index(bare.split("@", 1)[1]), local)
             deleted, _removed = await pipe.execute()
+        if deleted:
+            # Core nodes keep the rosters and privacy lists of accounts they served in memory
+            # and drop a copy when its account is announced as changed: an account created
+            # again under this name must not inherit them.
+            message = f"{ANNOUNCER} {bare}".encode()
+            try:
+                for channel in (keys.privacy_changes(), keys.roster_changes()):
+                    await self._redis.publish(channel, message)
+            except (redis.exceptions.RedisError, OSError):
+                log.warning("could not announce the deletion of %s", bare, exc_info=True)
         return bool(deleted)
 
     async def set_password(self, username: str, domain: str, password: str) -> None:

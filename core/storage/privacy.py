@@ -33,6 +33,7 @@ from core.xmpp.jid import JID, JIDError, parse_jid
 from core.xmpp.ns import NS_PRIVACY, QN_IQ, QN_MESSAGE, QN_PRESENCE, qn
 
 log = logging.getLogger(__name__)
+PUBSUB_CLOSE_TIMEOUT = 1.0  # seconds
 
 ACTIONS = ("allow", "deny")
 ITEM_TYPES = ("jid", "group", "subscription")
@@ -548,10 +549,9 @@ class PrivacyCache:
         task, self._listener = self._listener, None
         if task is not None:
             task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            # Bounded: redis-py's pub/sub read can absorb a cancellation, and stopping the
+            # server must not wait on it.
+            await asyncio.wait([task], timeout=PUBSUB_CLOSE_TIMEOUT)
 
     async def _listen(self, reload: Callable[[str], Any] | None) -> None:
         delay = 0.1
@@ -578,6 +578,8 @@ class PrivacyCache:
                 delay = min(delay * 2, 5.0)
             finally:
                 try:
-                    await pubsub.aclose()
+                    # Bounded: closing a pub/sub connection cancelled mid-command can wait
+                    # forever on the connection, and shutdown must not.
+                    await asyncio.wait_for(pubsub.aclose(), PUBSUB_CLOSE_TIMEOUT)
                 except Exception:
                     log.debug("closing the privacy pub/sub connection failed", exc_info=True)

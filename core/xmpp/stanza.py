@@ -20,6 +20,7 @@ Element = etree._Element
 STANZA_KINDS = {QN_MESSAGE: "message", QN_PRESENCE: "presence", QN_IQ: "iq"}
 _CLIENT_PREFIX = f"{{{NS_CLIENT}}}"
 _CLIENT_DECL = f'xmlns="{NS_CLIENT}"'.encode()
+_CLIENT_NS_BYTES = NS_CLIENT.encode()
 _CLIENT_NSMAP = default_ns(NS_CLIENT)
 
 MESSAGE_TYPES = frozenset({"normal", "chat", "groupchat", "headline", "error"})
@@ -133,9 +134,36 @@ def serialize(stanza: Element, content_ns: str = NS_CLIENT) -> bytes:
     # UTF-8 output: the default (ASCII) would write non-ASCII names as character references.
     # The text that followed the element in a tree it came from is not part of the stanza.
     data = etree.tostring(stanza, encoding="utf-8", xml_declaration=False, with_tail=False)
+    if (stanza.prefix is not None or data.count(_CLIENT_NS_BYTES) != 1) and stanza.tag.startswith(
+        _CLIENT_PREFIX
+    ):
+        # §4.8.5: no prefix on elements of the content namespace. The sender may have written
+        # one, or declared jabber:client again on a child, which the renaming below would
+        # leave behind in jabber:client: rebuilt with default declarations only.
+        rebuilt = _unprefixed(stanza, None, None)
+        data = etree.tostring(rebuilt, encoding="utf-8", xml_declaration=False, with_tail=False)
     if content_ns != NS_CLIENT:
         data = data.replace(_CLIENT_DECL, f'xmlns="{content_ns}"'.encode(), 1)
     return data
+
+
+def _unprefixed(el: Element, parent: Element | None, default: str | None) -> Element:
+    """A copy of ``el`` whose elements all name their namespace as the default one, declared
+    where it changes (not a deep copy: lxml would keep the copied elements bound to
+    declarations of the original tree that the copy no longer has)."""
+    ns = etree.QName(el).namespace
+    nsmap = None if ns == default else default_ns(ns or "")
+    attrib = cast("dict[str, str]", el.attrib)
+    if parent is None:
+        new = etree.Element(el.tag, attrib, nsmap=nsmap)
+    else:
+        new = etree.SubElement(parent, el.tag, attrib, nsmap=nsmap)
+        new.tail = el.tail
+    new.text = el.text
+    for c in el:
+        if isinstance(c.tag, str):
+            _unprefixed(c, new, ns)
+    return new
 
 
 def to_client_ns(stanza: Element, content_ns: str) -> Element:
