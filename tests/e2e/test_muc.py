@@ -61,10 +61,12 @@ def muc_core(redis_server: str, workdir: Path, users: tuple[str, ...]) -> CorePr
     return core
 
 
-@pytest.fixture(scope="module")
-def stack(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoreProcess]:
-    """A core with [components.muc] and one MUC instance linked to it."""
-    core = muc_core(redis_server, Path(tmp_path_factory.mktemp("muc")), USERS)
+@contextlib.contextmanager
+def core_with_muc(
+    redis_server: str, workdir: Path, users: tuple[str, ...]
+) -> Iterator[CoreProcess]:
+    """A core with [components.muc] and one MUC instance ("m1") linked to it."""
+    core = muc_core(redis_server, workdir, users)
     muc = MucProcess(core, "m1").start()
     try:
         asyncio.run(wait_instances(core, {"m1"}))
@@ -72,6 +74,13 @@ def stack(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     finally:
         muc.stop()
         core.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoreProcess]:
+    """A core with [components.muc] and one MUC instance linked to it."""
+    with core_with_muc(redis_server, Path(tmp_path_factory.mktemp("muc")), USERS) as core:
+        yield core
 
 
 @contextlib.asynccontextmanager

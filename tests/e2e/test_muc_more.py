@@ -24,12 +24,10 @@ from tests.e2e.test_muc import (
     MUC_USER,
     SERVICE,
     USERS,
-    MucProcess,
     codes,
+    core_with_muc,
     create_room,
-    muc_core,
     next_where,
-    wait_instances,
 )
 from tests.e2e.test_muc import (
     clients as muc_clients,
@@ -43,14 +41,8 @@ DISCO_INFO = "{http://jabber.org/protocol/disco#info}"
 @pytest.fixture(scope="module")
 def stack(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoreProcess]:
     """A core with [components.muc] and one MUC instance linked to it."""
-    core = muc_core(redis_server, Path(tmp_path_factory.mktemp("muc-more")), USERS)
-    muc = MucProcess(core, "m1").start()
-    try:
-        asyncio.run(wait_instances(core, {"m1"}))
+    with core_with_muc(redis_server, Path(tmp_path_factory.mktemp("muc-more")), USERS) as core:
         yield core
-    finally:
-        muc.stop()
-        core.stop()
 
 
 @contextlib.asynccontextmanager
