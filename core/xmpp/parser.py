@@ -80,6 +80,11 @@ _CDATA_OPEN = b"<![CDATA["
 _REFS = (b"amp;", b"lt;", b"gt;", b"quot;", b"apos;", b"#")
 
 _WS_RUN = re.compile(rb"[ \t\r\n]*")
+# XML 1.0 §3.1, §2.8: outside CDATA sections every '<' opens a tag, an end tag, a comment,
+# a PI or a declaration, so what follows it must be a name start character, '/', '!' or '?'.
+# libxml2's push parser does not fail on some other bytes there ("<'" waits for a quote that
+# may never balance): the stream would go silent instead of ending with not-well-formed.
+_BAD_TAG_OPEN = re.compile(rb"<[^A-Za-z_:/!?\x80-\xff]")
 _DECL_ENCODING = re.compile(rb"\sencoding\s*=\s*(?:'([^']*)'|\"([^\"]*)\")")
 
 # One complete tag, quote-aware so that a '>' inside an attribute value does not end it.
@@ -382,6 +387,9 @@ class StreamParser:
         if self._carry:
             data = self._carry + data
             self._carry = b""
+        # CDATA sections may hold any '<'; their rare chunks are left to libxml2.
+        if not self._in_cdata and _BAD_TAG_OPEN.search(data) and b"<![" not in data:
+            raise StreamError("not-well-formed")
         find = data.find
         pos = 0
         amp = bang = pi = -2  # next candidate of each kind at or after pos; -1 = none

@@ -340,6 +340,25 @@ def test_broken_xml_is_not_well_formed(data: bytes) -> None:
 
 
 @pytest.mark.parametrize(
+    "text",
+    [b"x<'", b'<"a"/>', b"<message><body>1 < 2</body></message>", b"<]", b"<1a/>"],
+    ids=["lt-quote", "lt-double-quote", "lt-space-in-text", "lt-bracket", "lt-digit"],
+)
+def test_lt_without_a_tag_is_not_well_formed(text: bytes) -> None:
+    """XML 1.0 §2.4: a '<' that opens no tag is not-well-formed at once, whole or split,
+    even where libxml2's push parser would wait for more input and go silent."""
+    assert refused(HEADER + text) == "not-well-formed"
+    assert refused([HEADER, *(bytes([b]) for b in text)]) == "not-well-formed"
+
+
+def test_lt_inside_cdata_is_text() -> None:
+    """A '<' inside a CDATA section (allowed by RFC 6120 §11.1) is character data."""
+    parser = StreamParser()
+    events = parser.feed(HEADER + b"<message><body><![CDATA[1 <' 2]]></body></message>")
+    assert events[-1].findtext("{jabber:client}body") == "1 <' 2"
+
+
+@pytest.mark.parametrize(
     "bad",
     [b"\xff\xfe", b"\xc0\xaf", b"\xe0\x80\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x80"],
     ids=["ff-fe", "overlong-2", "overlong-3", "surrogate", "beyond-10ffff", "lone-continuation"],
