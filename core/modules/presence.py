@@ -11,14 +11,22 @@ presence of an account and its time are in Redis (storage/last.py) for probes an
 Which contacts' resources an online account currently sees available is kept in ``heard``, for
 the privacy lists (XEP-0016 §2.10). Available presence a client sends gets the XEP-0153 avatar
 hash from ``server.vcards`` (core/modules/vcard.py).
+
+Contacts that come online together: the presence of each reaches the other either through its
+initial broadcast (§4.2.2) or as the answer to the other's probe (§4.3.2), never both and never
+neither. Each session that sends initial presence gets a sequence number (``SINCE``, taken before
+any await), and both paths decide by it, not by what is available when a stanza happens to be
+delivered (see ``_wants_initial`` and ``_probe``).
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +34,9 @@ from lxml import etree
 
 from core.modules import subscription
 from core.modules.subscription import SUBSCRIPTION_TYPES, route
-from core.storage.last import LastActivityStore
+from core.storage import keys
+from core.storage.last import LastActivityStore, LastPresence
+from core.storage.roster import RosterItem
 from core.xmpp.errors import StanzaError
 from core.xmpp.jid import JID, parse_jid
 from core.xmpp.module import Module
@@ -44,6 +54,9 @@ QN_SHOW = qn(NS_CLIENT, "show")
 SHOW_VALUES = frozenset({"away", "chat", "dnd", "xa"})  # §4.7.2.1
 SUBSCRIBED_FROM = ("from", "both")  # the contact receives the account's presence
 SUBSCRIBED_TO = ("to", "both")  # the account receives the contact's presence
+# session.data: the sequence number of the session's current presence session, taken when its
+# initial presence was accepted (before any await), so that every two sessions are ordered.
+SINCE = "presence-since"
 
 module = Module("presence", spec="RFC 6121 §4")
 
@@ -75,6 +88,55 @@ def parse_priority(stanza: Element) -> int:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What the presence service knows of a stanza it generated while the router handles it:
+    ``kind`` is "initial" (the initial presence broadcast of ``session``), "probe" (a probe
+    for the initial presence of ``session``), "answer" (the presence of ``session`` answering
+    a probe) or "last" (the last unavailable presence of the account ``bare``, answering a
+    probe); ``since`` is the presence session number of ``session`` when it was sent, and
+    ``presence`` what ``session.presence`` was then."""
+
+    kind: str
+    session: Any = None
+    since: int | None = None
+    presence: Element | None = None
+    bare: str = ""
+    offline: dict[str, Offline] | None = None  # for "probe": read ahead, by contact
+
+
+@dataclass(frozen=True, slots=True)
+class Offline:
+    """What answering a probe to a local account with no session here reads from Redis
+    (§4.3.2), read ahead for a whole roster at once: whether the account exists, its roster
+    item for the prober and its last unavailable presence."""
+
+    exists: bool
+    item: RosterItem | None
+    last: LastPresence | None
+
+
+def _since(session: Any) -> int | None:
+    data = getattr(session, "data", None)
+    return data.get(SINCE) if isinstance(data, dict) else None
+
+
+def _after(session: Any, since: int | None) -> bool:
+    """Whether ``session`` began its current presence session after number ``since``."""
+    mine = _since(session)
+    return mine is not None and since is not None and mine > since
+
+
+def _last_presence(raw: dict[bytes, bytes]) -> LastPresence | None:
+    """A last-activity hash as read by HGETALL (the layout of storage/last.py)."""
+    if not raw or b"time" not in raw:
+        return None
+    try:
+        return LastPresence(float(raw[b"time"]), raw.get(b"presence"))
+    except ValueError:
+        return None
+
+
 def _addressed(stanza: Element, to: str, frm: str | None = None) -> Element:
     out = copy.deepcopy(stanza)
     out.set("to", to)
@@ -93,6 +155,11 @@ class PresenceService:
         # were last given (broadcasts and probe answers to the bare JID), so that a privacy
         # list that starts blocking one of them can make it go offline (XEP-0016 §2.10).
         self.heard: dict[str, dict[str, JID]] = {}
+        self._sequence = itertools.count(1)
+        # Stanzas of initial presence and probe answers being routed, by id() of the element
+        # (alive, and kept here only while routed): the router hands it as it is to
+        # ``inbound``, which can tell them from other presence (``Sent``).
+        self._sent: dict[int, Sent] = {}
 
     # From the account's own sessions (§4.2, §4.4, §4.5, §4.6) -------------------------
 
@@ -179,27 +246,38 @@ class PresenceService:
         kept = copy.deepcopy(stanza)
         kept.attrib.pop("to", None)
         session.presence = kept
+        since: int | None = None
+        if initial:
+            # Taken with the availability, before any await: the order of the two between
+            # sessions decides which path carries presence between them (``_wants_initial``).
+            since = session.data[SINCE] = next(self._sequence)
         bare = session.bare
         roster = await self.server.rosters.get(bare)
         # §4.2.2, §4.4.2: to every contact with a subscription to the account, and to every
         # available resource of the account, the sending one included.
+        mark = Sent("initial", session, since, kept) if since is not None else None
         for item in list(roster.items.values()):
             if item.subscription in SUBSCRIBED_FROM:
-                await self._route_to(kept, session.jid, item.jid)
+                await self._route_to(kept, session.jid, item.jid, mark)
         for other in self.server.router.available_sessions(bare):
-            other.send(_addressed(kept, other.full))
+            # A resource that became available after this one gets its presence from its own
+            # initial presence (the loop below, run for it), so not here as well.
+            if since is None or other is session or not _after(other, since):
+                other.send(_addressed(kept, other.full))
         if not initial:
             await self.server.dispatcher.emit("presence-updated", session)
             return
-        # §4.2.2: the account learns its other resources' presence...
+        # §4.2.2: the account learns its other resources' presence (those that became
+        # available after it send theirs above, in their own initial presence)...
         for other in self.server.router.available_sessions(bare):
-            if other is not session and other.presence is not None:
+            if other is not session and other.presence is not None and not _after(other, since):
                 session.send(_addressed(other.presence, session.full, other.full))
         # ...and its contacts' presence, through a probe from the bare JID (§4.3.1).
-        for item in list(roster.items.values()):
-            if item.subscription in SUBSCRIBED_TO:
-                probe = make("presence", type="probe", frm=bare, to=item.jid)
-                await self._route_to(probe, parse_jid(bare), item.jid)
+        probed = [item.jid for item in roster.items.values() if item.subscription in SUBSCRIBED_TO]
+        mark = Sent("probe", session, since, offline=await self._read_offline(bare, probed))
+        for jid in probed:
+            probe = make("presence", type="probe", frm=bare, to=jid)
+            await self._route_to(probe, parse_jid(bare), jid, mark)
         # §3.1.3: subscription requests not yet answered are delivered at each login.
         for raw in list(roster.pending.values()):
             try:
@@ -216,6 +294,7 @@ class PresenceService:
         was_available = session.available
         session.available = False
         session.presence = None
+        session.data.pop(SINCE, None)
         await self._gone(session, kept, was_available)
         await self.record_last(session.bare, kept)
 
@@ -257,12 +336,26 @@ class PresenceService:
             if other.presence is not None:
                 session.send(_addressed(other.presence, session.full, other.full))
 
-    async def _route_to(self, stanza: Element, sender: JID, to: str) -> None:
+    async def _route_to(
+        self, stanza: Element, sender: JID, to: str, mark: Sent | None = None
+    ) -> None:
         try:
             target = parse_jid(to)
         except ValueError:
             return
-        await route(self.server, _addressed(stanza, to), sender, target)
+        await self._route_marked(_addressed(stanza, to), sender, target, mark)
+
+    async def _route_marked(self, stanza: Element, sender: JID, to: JID, mark: Sent | None) -> None:
+        """Route ``stanza`` (one of its own copies) with what ``inbound`` is to know of it."""
+        if mark is None:
+            await route(self.server, stanza, sender, to)
+            return
+        key = id(stanza)
+        self._sent[key] = mark
+        try:
+            await route(self.server, stanza, sender, to)
+        finally:
+            del self._sent[key]
 
     async def session_closed(self, session: Any) -> None:
         """§4.6.3, RFC 6120 §4.4: a session that ends without saying so goes unavailable."""
@@ -278,6 +371,7 @@ class PresenceService:
             return
         was_available = session.available
         session.available = False
+        session.data.pop(SINCE, None)
         gone = make("presence", type="unavailable", frm=session.full)
         session.presence = None
         await self._gone(session, gone, was_available)
@@ -298,7 +392,11 @@ class PresenceService:
             if to.resource is None:
                 # §8.5.2.1.2: to every available resource; nobody available: ignored.
                 bare = f"{to.local}@{to.domain}"
-                if self.deliver_to_available(bare, stanza, sender) and ptype != "error":
+                mark = self._sent.get(id(stanza))
+                if mark is not None and self._stale(mark):
+                    return None
+                initial = mark if mark is not None and mark.kind == "initial" else None
+                if self.deliver_to_available(bare, stanza, sender, initial) and ptype != "error":
                     self._heard(bare, sender, ptype is None)
             return None
         if ptype in SUBSCRIPTION_TYPES:
@@ -306,7 +404,10 @@ class PresenceService:
                 self._inbound_subscription(stanza, sender, to.bare), stanza
             )
         if ptype == "probe":
-            return self._inbound_guarded(self._probe(sender, to.bare), stanza)
+            mark = self._sent.get(id(stanza))
+            if mark is not None and mark.kind != "probe":
+                mark = None
+            return self._inbound_guarded(self._probe(sender, to.bare, mark), stanza)
         return None
 
     async def _inbound_guarded(self, work: Awaitable[None], stanza: Element) -> None:
@@ -316,17 +417,59 @@ class PresenceService:
             log.exception("presence to %s failed", stanza.get("to"))
             self.server.router.deliver_error(stanza, StanzaError("internal-server-error"))
 
-    def deliver_to_available(self, bare: str, stanza: Element, sender: JID | None = None) -> int:
+    def deliver_to_available(
+        self,
+        bare: str,
+        stanza: Element,
+        sender: JID | None = None,
+        initial: Sent | None = None,
+    ) -> int:
         """Send ``stanza`` to every available resource of ``bare`` (but those whose active
-        privacy list refuses it from ``sender``, XEP-0016 §2.2 rule 1); how many got it."""
+        privacy list refuses it from ``sender``, XEP-0016 §2.2 rule 1); how many got it.
+        ``initial``: the stanza is that session's initial presence broadcast, which only the
+        resources that get it from no probe of their own receive (``_wants_initial``)."""
         privacy = self.server.privacy if sender is not None else None
         sent = 0
         for s in self.server.router.available_sessions(bare):
             if privacy is not None and privacy.refuses_for(s, stanza, sender):
                 continue
+            if initial is not None and not self._wants_initial(s, initial):
+                continue
             s.send(stanza)
             sent += 1
         return sent
+
+    def _stale(self, mark: Sent) -> bool:
+        """Whether presence the service generated no longer holds when it is delivered (the
+        router may have awaited in between), so that it must not overwrite what came since:
+        the available presence of a session that has since gone unavailable or sent another
+        (its unavailable presence, §4.5.2, or its update, §4.4.2, goes to the same resources
+        and may have arrived first), or the last unavailable presence of an account that has
+        since come online (its initial presence reaches the prober, §4.2.2)."""
+        if mark.kind == "last":
+            return bool(self.server.router.available_sessions(mark.bare))
+        if mark.kind in ("initial", "answer"):
+            return mark.session.presence is not mark.presence
+        return False
+
+    def _wants_initial(self, session: Any, initial: Sent) -> bool:
+        """Whether ``session`` gets the initial presence broadcast ``initial`` (§4.2.2).
+
+        A session that became available after the sender did (a later sequence number) sent
+        its probes after that too, so its probe to the sender's account finds the sender
+        available and is answered with this presence (§4.3.2, ``_probe``): the broadcast would
+        repeat it. So it goes only to sessions that were available first, and to those whose
+        account does not probe the sender (no 'to' or 'both' subscription in its roster). Both
+        decisions depend on the two numbers alone, taken before any await, so whatever the
+        interleaving of the two sessions' processing, exactly one of the paths delivers."""
+        if not _after(session, initial.since):
+            return True
+        rosters = self.server.rosters
+        roster = rosters.cached(session.bare) if rosters is not None else None
+        if roster is None:
+            return True
+        item = roster.items.get(initial.session.bare)
+        return item is None or item.subscription not in SUBSCRIBED_TO
 
     def _heard(self, bare: str, sender: JID, available: bool) -> None:
         if sender.local == bare.partition("@")[0] and sender.domain == self.server.domain:
@@ -367,14 +510,46 @@ class PresenceService:
             return
         await subscription.inbound(self.server, stanza, sender.bare, to)
 
-    async def _probe(self, sender: JID, to: JID) -> None:
+    async def _read_offline(self, prober: str, contacts: list[str]) -> dict[str, Offline]:
+        """For the local accounts among ``contacts`` that have no session here, what
+        ``_probe`` would read from Redis for each, in one round trip for all of them."""
+        router, domain = self.server.router, self.server.domain
+        wanted = [c for c in contacts if c.partition("@")[2] == domain and not router.resources(c)]
+        if not wanted:
+            return {}
+        pipe = self.server.redis.pipeline(transaction=False)
+        for c in wanted:
+            pipe.exists(keys.account(c))
+            pipe.hget(keys.roster(c), prober)
+            pipe.hgetall(keys.last_activity(c))
+        try:
+            replies = await pipe.execute()
+        except Exception:
+            log.exception("reading ahead for the probes of %s failed", prober)
+            return {}  # each probe reads for itself
+        out: dict[str, Offline] = {}
+        for i, c in enumerate(wanted):
+            exists, raw_item, raw_last = replies[3 * i : 3 * i + 3]
+            item = RosterItem.from_json(prober, raw_item) if raw_item else None
+            out[c] = Offline(bool(exists), item, _last_presence(raw_last))
+        return out
+
+    async def _probe(self, sender: JID, to: JID, initial: Sent | None = None) -> None:
         """§4.3.2: answer a probe with the presence of each available resource, or with the
-        last unavailable presence, but only to those allowed to see it."""
+        last unavailable presence, but only to those allowed to see it. ``initial``: the
+        probe of a local session's initial presence, perhaps with what to answer read ahead
+        (used while the account still has no session here)."""
         bare = str(to)
-        exists = await self.server.account_exists(to)
+        ahead = initial.offline.get(bare) if initial is not None and initial.offline else None
+        if ahead is not None and self.server.router.resources(bare):
+            ahead = None
+        exists = ahead.exists if ahead is not None else await self.server.account_exists(to)
         if sender.bare != to:
-            roster = await self.server.rosters.get(bare) if exists else None
-            item = roster.items.get(str(sender.bare)) if roster is not None else None
+            if ahead is not None:
+                item = ahead.item
+            else:
+                roster = await self.server.rosters.get(bare) if exists else None
+                item = roster.items.get(str(sender.bare)) if roster is not None else None
             if item is None or item.subscription not in SUBSCRIBED_FROM:
                 # Not authorised, or no such account (§8.5.1 allows either answer): the same
                 # 'unsubscribed', so the answer reveals neither presence nor the account;
@@ -388,11 +563,18 @@ class PresenceService:
                 return
         available = self.server.router.available_sessions(bare)
         for s in available:
-            if s.presence is not None:
-                await route(self.server, _addressed(s.presence, str(sender), s.full), s.jid, sender)
+            if s.presence is None:
+                continue
+            if initial is not None and _after(s, initial.since):
+                # This resource became available after the prober: its initial broadcast
+                # reaches the prober (``_wants_initial``), so the answer would repeat it.
+                continue
+            answer = _addressed(s.presence, str(sender), s.full)
+            mark = Sent("answer", s, _since(s), s.presence)
+            await self._route_marked(answer, s.jid, sender, mark)
         if available:
             return
-        last = await self.last.get(bare)
+        last = ahead.last if ahead is not None else await self.last.get(bare)
         if last is None or not last.presence:
             return
         try:
@@ -402,7 +584,7 @@ class PresenceService:
         gone.set("to", str(sender))
         gone.append(delay_element(last.time, self.server.domain))
         frm = gone.get("from") or bare
-        await route(self.server, gone, parse_jid(frm), sender)
+        await self._route_marked(gone, parse_jid(frm), sender, Sent("last", bare=bare))
 
     # For subscriptions (§3.1.5, §3.2.2, §3.3.3) ---------------------------------------
 
