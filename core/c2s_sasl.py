@@ -73,10 +73,8 @@ class SaslNegotiation:
         self.mechanism = None
         name = el.get("mechanism", "")
         try:
-            if await self.server.auth_limited(self.stream.peer_host, None):
-                raise sasl.SaslFailure(
-                    "temporary-auth-failure", "too many failed attempts, try later"
-                )
+            # The failure counts of the address and of the account are read with the
+            # credentials (``_lookup``): one round trip for both.
             data = decode(el)
             self.mechanism = sasl.create_server_mechanism(
                 name,
@@ -176,9 +174,10 @@ class SaslNegotiation:
         except JIDError:
             return None
         self.attempted_user = user
-        if await self.server.auth_limited(None, user):
+        limited, creds = await self.server.credentials(self.stream.peer_host, user, hash_name)
+        if limited:
             raise sasl.SaslFailure("temporary-auth-failure", "too many failed attempts, try later")
-        return await self.server.accounts.scram_credentials(user, self.server.domain, hash_name)
+        return creds
 
     async def _check(self, username: str, password: str) -> bool:
         creds = await self._lookup(username, "sha256")

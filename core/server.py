@@ -20,8 +20,10 @@ from core.runtime.redis import connect
 from core.sessions import HEARTBEAT, SessionRegistry
 from core.storage import keys
 from core.storage.accounts import AccountStore
+from core.storage.batch import Batch
 from core.xmpp.jid import JID
 from core.xmpp.module import Dispatcher, Module
+from core.xmpp.sasl import ScramCredentials
 from core.xmpp.tls import ServerTLS, ensure_self_signed
 
 log = logging.getLogger(__name__)
@@ -145,15 +147,35 @@ class CoreServer:
 
     # Authentication limits (per address and per account, across connections) -----------
 
-    async def auth_limited(self, host: str | None, user: str | None) -> bool:
+    async def credentials(
+        self, host: str | None, user: str, hash_name: str
+    ) -> tuple[bool, ScramCredentials | None]:
+        """(limited, credentials) in one round trip: whether ``host`` or the account is at
+        ``auth.max_failures_per_minute``, and the account's stored SCRAM credentials."""
         limit = self.config.auth.max_failures_per_minute
-        if limit <= 0:
-            return False
-        for key in self._auth_keys(host, user):
-            count = await self.redis.get(key)
-            if count is not None and int(count) >= limit:
-                return True
-        return False
+        found: dict[str, Any] = {}
+        batch = Batch(self.redis)
+        if limit > 0:
+
+            def queue_counts(pipe: Any) -> None:
+                for key in self._auth_keys(host, user):
+                    pipe.get(key)
+
+            def counted(replies: list[Any]) -> None:
+                found["limited"] = any(c is not None and int(c) >= limit for c in replies)
+
+            batch.add(queue_counts, counted)
+
+        def queue_credentials(pipe: Any) -> None:
+            # A name that cannot be an account queues nothing: its attempt fails all the same.
+            self.accounts.queue_scram_credentials(pipe, user, self.domain, hash_name)
+
+        def credentials_read(replies: list[Any]) -> None:
+            found["credentials"] = self.accounts.scram_loaded(replies) if replies else None
+
+        batch.add(queue_credentials, credentials_read)
+        await batch.run()
+        return found.get("limited", False), found.get("credentials")
 
     async def auth_failed(self, host: str | None, user: str | None) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -173,7 +195,12 @@ class CoreServer:
     # Session lifecycle ---------------------------------------------------------------
 
     async def session_started(self, session: Any) -> None:
-        await self.sessions.add(session.bare, session.jid.resource)
+        # One round trip: the registry entry and what each module loads for a new session
+        # ('session-loading' hooks queue their reads on the batch), then 'session-bound'.
+        batch = Batch(self.redis)
+        batch.add(lambda pipe: self.sessions.queue_add(pipe, session.bare, session.jid.resource))
+        await self.dispatcher.emit("session-loading", session, batch)
+        await batch.run()
         await self.dispatcher.emit("session-bound", session)
 
     async def session_ended(self, session: Any) -> None:

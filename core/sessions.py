@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from core.storage import keys
+from core.storage.batch import Batch
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +44,23 @@ class SessionRegistry:
 
     async def add(self, bare: str, resource: str) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(keys.session(bare), resource, self.node_id)
-        pipe.sadd(keys.node_sessions(self.node_id), f"{bare}/{resource}")
+        self.queue_add(pipe, bare, resource)
         await pipe.execute()
 
+    def queue_add(self, pipe: Pipeline, bare: str, resource: str) -> None:
+        """Queue the writes of ``add`` on a pipeline (``core.storage.batch``)."""
+        pipe.hset(keys.session(bare), resource, self.node_id)
+        pipe.sadd(keys.node_sessions(self.node_id), f"{bare}/{resource}")
+
     async def remove(self, bare: str, resource: str) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hdel(keys.session(bare), resource)
-        pipe.srem(keys.node_sessions(self.node_id), f"{bare}/{resource}")
-        await pipe.execute()
+        def queue(pipe: Pipeline) -> None:
+            pipe.hdel(keys.session(bare), resource)
+            pipe.srem(keys.node_sessions(self.node_id), f"{bare}/{resource}")
+
+        # Batched: under a burst of closing sessions, their removals share one pipeline.
+        batch = Batch(self.redis)
+        batch.add(queue)
+        await batch.run()
 
     async def nodes_of(self, bare: str) -> dict[str, str]:
         """resource → node id for every registered session of ``bare``."""

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from core.modules.privacy_presence import ACTIVE, PresenceEffects, _data
+from core.storage.batch import Batch
 from core.storage.locks import AccountLocks
 from core.storage.privacy import (
     EMPTY,
@@ -381,6 +382,10 @@ async def session_bound(session: Any) -> None:
     await service_of(session.server).session_bound(session)
 
 
+async def session_loading(session: Any, batch: Batch) -> None:
+    service_of(session.server).cache.prefetch(session.bare, batch)
+
+
 async def session_closed(session: Any) -> None:
     service_of(session.server).session_closed(session)
 
@@ -389,6 +394,7 @@ def add_service_hooks(target: Module) -> None:
     """Register the privacy service's lifecycle hooks on ``target``."""
     target.on("server-started")(started)
     target.on("server-stopping")(stopping)
+    target.on("session-loading")(session_loading)
     target.on("session-bound")(session_bound)
     target.on("session-closed")(session_closed)
 

@@ -27,6 +27,7 @@ from lxml import etree
 
 from core.modules.subscription import route, state_of
 from core.storage import keys
+from core.storage.batch import Batch
 from core.storage.locks import AccountLocks
 from core.storage.roster import Roster, RosterItem, RosterStore, next_version
 from core.xmpp.errors import StanzaError
@@ -108,6 +109,9 @@ class Rosters:
         self._locks = AccountLocks()
         self._listener: asyncio.Future[None] | None = None
         self.subscribed = asyncio.Event()  # set while the change announcements are heard
+        # Counts the changes of rosters not in memory (this node's, and other nodes'
+        # announcements), so that a load that overlapped one of them is not kept.
+        self._epoch = 0
 
     def lock(self, bare: str) -> AbstractAsyncContextManager[None]:
         """Serialise the changes of one account's roster."""
@@ -128,9 +132,25 @@ class Rosters:
         """Keep the account's roster in memory (it has a session on this node)."""
         async with self.lock(bare):
             roster = self._cache.get(bare)
-            if roster is None:
-                roster = self._cache[bare] = await self.store.load(bare)
+            while roster is None:
+                epoch = self._epoch
+                fresh = await self.store.load(bare)
+                if epoch == self._epoch:
+                    roster = self._cache[bare] = fresh
             return roster
+
+    def prefetch(self, bare: str, batch: Batch) -> None:
+        """Load the roster of ``bare`` with ``batch`` unless it is in memory; ``pin`` then
+        finds it there. A load that overlapped a change is dropped and ``pin`` loads again."""
+        if bare in self._cache:
+            return
+        epoch = self._epoch
+
+        def done(replies: list[Any]) -> None:
+            if epoch == self._epoch and bare not in self._cache:
+                self._cache[bare] = self.store.loaded(replies)
+
+        batch.add(lambda pipe: self.store.queue_load(pipe, bare), done, key=("roster", bare))
 
     def unpin(self, bare: str) -> None:
         """Forget the in-memory roster once the account has no session left on this node."""
@@ -148,6 +168,8 @@ class Rosters:
         """Write changes (durable first), apply them to ``roster`` (the loaded one, in memory
         when the account is online), then push changed items. Call with the lock held."""
         version = next_version(roster.version) if items else None
+        if bare not in self._cache:
+            self._epoch += 1
         await self.store.write(bare, version=version, items=items, pending=pending)
         for jid, item in (items or {}).items():
             if item is None:
@@ -235,8 +257,12 @@ class Rosters:
                     if message.get("type") != "message":
                         continue
                     node, _, bare = message["data"].decode("utf-8", "replace").partition(" ")
-                    if node != self.server.node_id and bare in self._cache:
+                    if node == self.server.node_id:
+                        continue
+                    if bare in self._cache:
                         await self.reload(bare)
+                    else:
+                        self._epoch += 1
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -268,6 +294,11 @@ async def started(server: CoreServer) -> None:
 async def stopping(server: CoreServer) -> None:
     if server.rosters is not None:
         await server.rosters.stop()
+
+
+@module.on("session-loading")
+async def session_loading(session: Any, batch: Batch) -> None:
+    session.server.rosters.prefetch(session.bare, batch)
 
 
 @module.on("session-bound")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
+from core.storage.batch import Batch
 from core.storage.vcard import QN_VCARD, VCardStore, serialize
 from core.xmpp.errors import StanzaError
 from core.xmpp.module import IqContext, Module
@@ -115,6 +116,17 @@ class PhotoHashes:
         if bare not in self._known:
             self._known[bare] = await self.store.photo(bare)
 
+    def prefetch(self, bare: str, batch: Batch) -> None:
+        """Load the hash with ``batch`` unless it is known; ``load`` then finds it."""
+        if bare in self._known:
+            return
+
+        def done(replies: list[Any]) -> None:
+            # A vCard set on this node while the batch was out has already put its hash.
+            self._known.setdefault(bare, self.store.photo_loaded(replies))
+
+        batch.add(lambda pipe: self.store.queue_photo(pipe, bare), done, key=("photo", bare))
+
     def get(self, bare: str) -> str | None:
         return self._known.get(bare)
 
@@ -155,6 +167,13 @@ class PhotoHashes:
 @module.on("server-started")
 async def started(server: CoreServer) -> None:
     server.vcards = PhotoHashes(server)
+
+
+@module.on("session-loading")
+async def session_loading(session: Any, batch: Batch) -> None:
+    photos: PhotoHashes | None = getattr(session.server, "vcards", None)
+    if photos is not None:
+        photos.prefetch(session.bare, batch)
 
 
 @module.on("session-bound")

@@ -13,9 +13,11 @@ import asyncio
 import builtins
 import logging
 import time
+from typing import Any
 
 import redis.asyncio
 import redis.exceptions
+from redis.asyncio.client import Pipeline
 
 from core.storage import keys
 from core.xmpp.jid import JIDError, prep_domain, prep_local
@@ -177,7 +179,26 @@ class AccountStore:
         except ValueError:
             return None
         names = [f"{hash_name}:{key}" for key in _CRED_FIELDS]
-        values = await self._redis.hmget(keys.account(bare), names)
+        return self.scram_loaded([await self._redis.hmget(keys.account(bare), names)])
+
+    def queue_scram_credentials(
+        self, pipe: Pipeline, username: str, domain: str, hash_name: str
+    ) -> bool:
+        """Queue the read of ``scram_credentials`` on a pipeline; False (nothing queued) when
+        the name cannot be a localpart."""
+        if hash_name not in HASH_NAMES:
+            raise ValueError(f"unknown hash {hash_name!r}; expected one of {HASH_NAMES}")
+        try:
+            _local, bare = self._bare(username, domain)
+        except ValueError:
+            return False
+        pipe.hmget(keys.account(bare), [f"{hash_name}:{key}" for key in _CRED_FIELDS])
+        return True
+
+    @staticmethod
+    def scram_loaded(replies: list[Any]) -> ScramCredentials | None:
+        """The credentials from the reply to ``queue_scram_credentials``'s command."""
+        values = replies[-1]
         if any(value is None for value in values):
             return None
         return ScramCredentials.from_dict(dict(zip(_CRED_FIELDS, values, strict=True)))

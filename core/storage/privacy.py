@@ -27,8 +27,10 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 from lxml import etree
+from redis.asyncio.client import Pipeline
 
 from core.storage import keys
+from core.storage.batch import Batch
 from core.xmpp.jid import JID, JIDError, parse_jid
 from core.xmpp.ns import NS_PRIVACY, QN_IQ, QN_MESSAGE, QN_PRESENCE, qn
 
@@ -399,9 +401,19 @@ class PrivacyStore:
 
     async def load(self, bare: str) -> PrivacyLists:
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(keys.privacy(bare))
-            pipe.get(keys.privacy_default(bare))
-            raw_lists, raw_default = await pipe.execute()
+            self.queue_load(pipe, bare)
+            return self.loaded(await pipe.execute())
+
+    @staticmethod
+    def queue_load(pipe: Pipeline, bare: str) -> None:
+        """Queue the reads of ``load`` on a transaction (``core.storage.batch``)."""
+        pipe.hgetall(keys.privacy(bare))
+        pipe.get(keys.privacy_default(bare))
+
+    @staticmethod
+    def loaded(replies: list[Any]) -> PrivacyLists:
+        """The lists from the replies to the commands ``queue_load`` queued."""
+        raw_lists, raw_default = replies
         return PrivacyLists.from_redis(raw_lists, raw_default)
 
     async def update(
@@ -487,6 +499,20 @@ class PrivacyCache:
         if epoch == self._epoch:
             self._keep(bare, lists)
         return lists
+
+    def prefetch(self, bare: str, batch: Batch) -> None:
+        """Load the lists of ``bare`` with ``batch`` unless they are cached; like ``get``, a
+        load that overlapped a change is not kept (the next ``get`` loads again)."""
+        if self.peek(bare) is not None:
+            return
+        epoch = self._epoch
+
+        def done(replies: list[Any]) -> None:
+            if epoch == self._epoch and self.peek(bare) is None:
+                data = self.store.loaded(replies)
+                self._keep(bare, EMPTY if data.empty else AccountLists.of(data))
+
+        batch.add(lambda pipe: self.store.queue_load(pipe, bare), done, key=("privacy", bare))
 
     def _keep(self, bare: str, lists: AccountLists) -> None:
         if self.is_online(bare):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis.asyncio
+from redis.asyncio.client import Pipeline
 
 from core.storage import keys
 
@@ -95,10 +96,20 @@ class RosterStore:
 
     async def load(self, bare: str) -> Roster:
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(keys.roster(bare))
-            pipe.get(keys.roster_version(bare))
-            pipe.hgetall(keys.roster_pending(bare))
-            raw_items, raw_version, raw_pending = await pipe.execute()
+            self.queue_load(pipe, bare)
+            return self.loaded(await pipe.execute())
+
+    @staticmethod
+    def queue_load(pipe: Pipeline, bare: str) -> None:
+        """Queue the reads of ``load`` on a transaction (``core.storage.batch``)."""
+        pipe.hgetall(keys.roster(bare))
+        pipe.get(keys.roster_version(bare))
+        pipe.hgetall(keys.roster_pending(bare))
+
+    @staticmethod
+    def loaded(replies: list[Any]) -> Roster:
+        """The roster from the replies to the commands ``queue_load`` queued."""
+        raw_items, raw_version, raw_pending = replies
         items = {}
         for k, v in raw_items.items():
             jid = k.decode()

@@ -11,9 +11,11 @@ import base64
 import binascii
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio
 from lxml import etree
+from redis.asyncio.client import Pipeline
 
 from core.storage import keys
 from core.xmpp.ns import NS_VCARD, qn
@@ -76,5 +78,14 @@ class VCardStore:
 
     async def photo(self, bare: str) -> str | None:
         """The photo hash: '' for a vCard without photo, None when no vCard is stored."""
-        raw = await self._redis.hget(keys.vcard(bare), b"photo")
+        return self.photo_loaded([await self._redis.hget(keys.vcard(bare), b"photo")])
+
+    @staticmethod
+    def queue_photo(pipe: Pipeline, bare: str) -> None:
+        """Queue the read of ``photo`` on a pipeline (``core.storage.batch``)."""
+        pipe.hget(keys.vcard(bare), b"photo")
+
+    @staticmethod
+    def photo_loaded(replies: list[Any]) -> str | None:
+        (raw,) = replies
         return None if raw is None else raw.decode()

@@ -438,7 +438,7 @@ def test_credential_store_failure_is_temporary(redis_url: str, tmp_path: Path) -
         async def broken(*_: Any) -> None:
             raise RuntimeError("store down")
 
-        server.accounts.scram_credentials = broken
+        server.credentials = broken
         c = Client(server)
         await c.open()
         failure = await c.scram("alice")
