@@ -175,7 +175,7 @@ def _run_core(args: argparse.Namespace) -> int:
     from core.runtime.reactor import install
 
     # Before anything from core.server: importing it may import twisted.internet.reactor.
-    install()
+    install(config.runtime.event_loop)
     from core.server import run_core
 
     config.redis.url = effective_redis_url(config)
@@ -193,7 +193,7 @@ def _run_muc(args: argparse.Namespace) -> int:
     from core.runtime.reactor import install
 
     # Before anything from components.muc: importing Twisted modules may install a reactor.
-    install()
+    install(config.runtime.event_loop)
     from components.muc.app import run_muc
     from components.muc.settings import SettingsError
 
@@ -207,7 +207,7 @@ def _run_stack(args: argparse.Namespace) -> int:
     config = _load(args)
     from core.runtime.reactor import install
 
-    install()
+    install(config.runtime.event_loop)
     from core.runtime.redis_server import RedisStartError
     from core.stack import run_stack
 

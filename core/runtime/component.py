@@ -71,7 +71,7 @@ def run_component(
     ``twisted.internet.reactor`` before."""
     from core.runtime.reactor import deferred_from_coro, install
 
-    install()
+    install(config.runtime.event_loop if config is not None else "auto")
     from twisted.internet import reactor
 
     from core.runtime.logging import setup_logging

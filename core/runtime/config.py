@@ -43,6 +43,7 @@ MIN_SCRAM_ITERATIONS = 4096
 # RFC 6120 §13.12: a server must accept stanzas of at least 10000 bytes.
 MIN_STANZA_SIZE = 10000
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 INSTANCE_MODES = ("replace", "shard")
 
 
@@ -128,6 +129,13 @@ class LogConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    # The event loop under Twisted's asyncio reactor: "auto" takes uvloop when it is
+    # installed (it is a dependency on Linux and macOS), else asyncio's own loop.
+    event_loop: str = "auto"
+
+
+@dataclass
 class AdminConfig:
     interface: str = "127.0.0.1"
     port: int = 5380
@@ -198,6 +206,7 @@ class Config:
     components: dict[str, ComponentConfig] = field(default_factory=dict)
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     contact: ContactConfig = field(default_factory=ContactConfig)
     roster: RosterConfig = field(default_factory=RosterConfig)
@@ -214,6 +223,7 @@ SECTIONS: dict[str, type] = {
     "component_listener": ComponentListenerConfig,
     "auth": AuthConfig,
     "log": LogConfig,
+    "runtime": RuntimeConfig,
     "admin": AdminConfig,
     "contact": ContactConfig,
     "roster": RosterConfig,
@@ -480,6 +490,13 @@ class _Loader:
                 f"log.level: unknown level {config.log.level!r}; use one of {', '.join(LOG_LEVELS)}"
             )
         config.log.level = config.log.level.lower()
+        loop = config.runtime.event_loop.lower()
+        if loop not in EVENT_LOOPS:
+            self.problems.append(
+                f"runtime.event_loop: unknown loop {config.runtime.event_loop!r}; "
+                f"use one of {', '.join(EVENT_LOOPS)}"
+            )
+        config.runtime.event_loop = loop
         if bool(config.tls.cert) != bool(config.tls.key):
             self.problems.append(
                 "tls: set both cert and key, or neither for a self-signed certificate"

@@ -252,7 +252,7 @@ class FakeCore:
 def no_process_setup(monkeypatch: pytest.MonkeyPatch) -> None:
     # The reactor and the root logger are process-wide: a test must not change them for
     # the tests that run after it.
-    monkeypatch.setattr("core.runtime.reactor.install", lambda: None)
+    monkeypatch.setattr("core.runtime.reactor.install", lambda event_loop="auto": None)
     monkeypatch.setattr("core.runtime.logging.setup_logging", lambda level: None)
 
 

@@ -350,6 +350,7 @@ def test_limits() -> None:
             "SWITCHBOARD_C2S_MAX_STANZA_SIZE": "100",
             "SWITCHBOARD_C2S_NEGOTIATION_TIMEOUT": "0",
             "SWITCHBOARD_LOG_LEVEL": "loud",
+            "SWITCHBOARD_RUNTIME_EVENT_LOOP": "twisted",
             "SWITCHBOARD_TLS_CERT": "/only/the/cert.pem",
         },
     )
@@ -358,6 +359,7 @@ def test_limits() -> None:
     assert "c2s.max_stanza_size: must be at least 10000 (RFC 6120), got 100" in found
     assert "c2s.negotiation_timeout: must be more than 0 seconds, got 0.0" in found
     assert any(p.startswith("log.level: unknown level 'loud'") for p in found)
+    assert any(p.startswith("runtime.event_loop: unknown loop 'twisted'") for p in found)
     assert any(p.startswith("tls: set both cert and key") for p in found)
 
 
