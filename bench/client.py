@@ -30,6 +30,10 @@ NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 NS_ROSTER = "jabber:iq:roster"
 NS_PING = "urn:xmpp:ping"
+NS_MUC = "http://jabber.org/protocol/muc"
+NS_MUC_OWNER = "http://jabber.org/protocol/muc#owner"
+NS_DATA = "jabber:x:data"
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 
 MECHANISMS = ("SCRAM-SHA-1", "PLAIN")
 
@@ -69,6 +73,34 @@ def bind_element(resource: str) -> bytes:
 def ping_element(domain: str, ident: str = "ping") -> bytes:
     """A XEP-0199 ping to the server: its answer tells that earlier stanzas were processed."""
     return f"<iq type='get' id='{ident}' to='{domain}'><ping xmlns='{NS_PING}'/></iq>".encode()
+
+
+def muc_join(room: str, nick: str) -> bytes:
+    """Entering ``room`` as ``nick`` (XEP-0045 §7.2.1), asking for no discussion history
+    (§7.2.15: ``maxstanzas='0'``)."""
+    return (
+        f"<presence to='{room}/{nick}'><x xmlns='{NS_MUC}'><history maxstanzas='0'/></x></presence>"
+    ).encode()
+
+
+def muc_instant_room(room: str, ident: str = "instant") -> bytes:
+    """XEP-0045 §10.1.2: the owner of a new (locked) room accepts the default configuration
+    by submitting an empty form, which unlocks it: an instant room."""
+    return (
+        f"<iq type='set' id='{ident}' to='{room}'><query xmlns='{NS_MUC_OWNER}'>"
+        f"<x xmlns='{NS_DATA}' type='submit'/></query></iq>"
+    ).encode()
+
+
+def disco_info(to: str, ident: str = "info") -> bytes:
+    """A XEP-0030 disco#info request to ``to``."""
+    return f"<iq type='get' id='{ident}' to='{to}'><query xmlns='{NS_DISCO_INFO}'/></iq>".encode()
+
+
+def groupchat_message(room: str, body: str) -> bytes:
+    """A message to every occupant of ``room`` (XEP-0045 §7.4); ``body`` is sent as is, so it
+    must hold no markup characters."""
+    return f"<message to='{room}' type='groupchat'><body>{body}</body></message>".encode()
 
 
 ROSTER_GET = f"<iq type='get' id='roster'><query xmlns='{NS_ROSTER}'/></iq>".encode()
@@ -219,13 +251,22 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
 
-    async def expect(self, *names: bytes, deadline: float) -> bytes:
-        """Wait for the first complete element named one of ``names``; returns its bytes and
-        drops everything received before it. Raises on a stream error, a closed connection
-        or the deadline (a ``time.monotonic()`` value)."""
+    async def expect(
+        self, *names: bytes, deadline: float, containing: tuple[bytes, ...] = ()
+    ) -> bytes:
+        """Wait for the first complete element named one of ``names`` (and, with
+        ``containing``, holding one of those byte strings: other complete elements are
+        passed over and dropped); returns its bytes and drops everything received before it.
+        Raises on a stream error, a closed connection or the deadline (a
+        ``time.monotonic()`` value)."""
         loop = asyncio.get_running_loop()
         while True:
             start, end = element_end(self.buf, names)
+            while start >= 0 and containing:
+                if any(self.buf.find(c, start, end) >= 0 for c in containing):
+                    break
+                del self.buf[:end]
+                start, end = element_end(self.buf, names)
             if start >= 0:
                 el = bytes(self.buf[start:end])
                 del self.buf[:end]

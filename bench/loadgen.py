@@ -14,11 +14,15 @@ Scenarios (RFC 6120 negotiation, RFC 6121 messages and presence):
 ``presence``  U users whose rosters hold K contacts each (provisioned beforehand, mutual
               subscriptions) fetch their roster and send initial presence → presence
               stanzas delivered/s (each user gets K contacts' presence plus its own).
+``muc``       R rooms of K occupants (XEP-0045); S senders per room keep W groupchat
+              messages in flight for T seconds → fan-out deliveries/s (bench/scenario_muc.py).
 
 With ``--server-pid`` (and ``--aux-pid`` for helpers such as Redis) the line also carries the
 CPU seconds the server spent during the measured interval, next to the generator's own, so
-that it says which side was the bottleneck. Every loop is bounded in count and in time, and
-the generator only connects where it is told (the benchmark uses loopback only).
+that it says which side was the bottleneck; a server of several processes gives one
+``--server-pid NAME=PID`` each, and the line names them and splits the CPU by process.
+Every loop is bounded in count and in time, and the generator only connects where it is
+told (the benchmark uses loopback only).
 """
 
 from __future__ import annotations
@@ -402,13 +406,33 @@ async def scenario_presence(a: argparse.Namespace, t: Target, meter: Meter) -> d
     }
 
 
+async def scenario_muc(a: argparse.Namespace, t: Target, meter: Meter) -> dict[str, Any]:
+    # Imported here: the scenario's module builds on this one's login helpers.
+    from bench.scenario_muc import run_muc
+
+    return await run_muc(a, t, meter)
+
+
 SCENARIOS: dict[str, Callable[..., Any]] = {
     "login": scenario_login,
     "idle": scenario_idle,
     "messages": scenario_messages,
     "latency": scenario_latency,
     "presence": scenario_presence,
+    "muc": scenario_muc,
 }
+
+
+def named_pid(text: str) -> tuple[str, int]:
+    """``NAME=PID`` or ``PID`` (nameless) of a process to measure."""
+    name, _, pid = text.rpartition("=")
+    try:
+        value = int(pid)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PID or NAME=PID, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"not a process id: {text!r}")
+    return name, value
 
 
 # Command line ----------------------------------------------------------------------------
@@ -437,9 +461,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds (bound)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
     p.add_argument("--contacts", type=int, default=50, help="presence: roster size")
+    p.add_argument("--rooms", type=int, default=10, help="muc: rooms")
+    p.add_argument("--occupants", type=int, default=20, help="muc: occupants per room")
+    p.add_argument(
+        "--senders", type=int, default=0, help="muc: senders per room (0: every occupant)"
+    )
+    p.add_argument("--muc-domain", default="", help="muc: the service (conference.DOMAIN)")
+    p.add_argument("--room-prefix", default="", help="muc: room names (random per run)")
     p.add_argument("--timeout", type=float, default=30.0, help="per negotiation step")
-    p.add_argument("--server-pid", type=int, action="append", default=[])
-    p.add_argument("--aux-pid", type=int, action="append", default=[])
+    p.add_argument(
+        "--server-pid", type=named_pid, action="append", default=[], metavar="[NAME=]PID"
+    )
+    p.add_argument("--aux-pid", type=named_pid, action="append", default=[], metavar="[NAME=]PID")
     p.add_argument("--label", default="", help="copied into the output (server name)")
     p.add_argument("--cpu", type=int, action="append", default=[], help="pin to this CPU")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
@@ -456,6 +489,7 @@ def check_args(a: argparse.Namespace) -> None:
         "messages": 2 * a.pairs,
         "latency": 2 * a.pairs,
         "presence": a.n,
+        "muc": a.rooms * a.occupants,
     }[a.scenario]
     if a.first < 0 or a.first + needed > a.pool or needed < 1:
         raise SystemExit(
@@ -464,13 +498,23 @@ def check_args(a: argparse.Namespace) -> None:
         )
     if not 0 < a.duration <= 3600 or a.warmup < 0 or a.rate <= 0 or a.window < 1:
         raise SystemExit("duration must be in (0, 3600], warmup >= 0, rate > 0, window >= 1")
+    if a.scenario == "muc" and (a.rooms < 1 or a.occupants < 2 or a.senders < 0):
+        raise SystemExit("muc needs rooms >= 1, occupants >= 2 and senders >= 0")
 
 
 async def run(a: argparse.Namespace) -> dict[str, Any]:
     t = Target(a.host, a.port, a.domain, a.password, a.mech, a.tls, a.timeout)
-    meter = Meter(server=a.server_pid, aux=a.aux_pid)
+    named = {pid: name for name, pid in a.server_pid + a.aux_pid if name}
+    meter = Meter(
+        server=[pid for _, pid in a.server_pid], aux=[pid for _, pid in a.aux_pid], names=named
+    )
     body = await SCENARIOS[a.scenario](a, t, meter)
     head: dict[str, Any] = {"scenario": a.scenario, "server": a.label}
+    if named:
+        # Which processes the CPU figures count: server_cpu_s sums the first, aux_cpu_s
+        # the second.
+        head["server_processes"] = [name or str(pid) for name, pid in a.server_pid]
+        head["aux_processes"] = [name or str(pid) for name, pid in a.aux_pid]
     if a.scenario in ("login", "idle", "presence"):
         head.update(n=a.n, concurrency=a.concurrency, tls=a.tls, mech=a.mech)
     return {**head, **body}

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bench import proc
 from bench.client import Connection
@@ -23,13 +24,16 @@ ERROR_MARKS = (b"type='error'", b'type="error"')
 
 @dataclass
 class Meter:
-    """CPU seconds of the server, its helpers and the generator over one interval."""
+    """CPU seconds of the server, its helpers and the generator over one interval. With
+    ``names`` (pid -> name, e.g. core, muc, redis) the result also splits the CPU by process."""
 
     server: list[int]
     aux: list[int]
+    names: dict[int, str] = field(default_factory=dict)
     started: float = 0.0
     cpu0: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
-    result: dict[str, float] = field(default_factory=dict)
+    per0: dict[int, float] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
 
     def _now(self) -> tuple[float, float, float, float]:
         return (
@@ -39,13 +43,18 @@ class Meter:
             proc.machine_busy_seconds(),
         )
 
+    def _per_process(self) -> dict[int, float]:
+        return {pid: proc.threads_cpu([pid]) for pid in self.names}
+
     def start(self) -> None:
+        self.per0 = self._per_process()
         self.cpu0 = self._now()
         self.started = time.monotonic()
 
-    def stop(self, wall: float | None = None) -> dict[str, float]:
+    def stop(self, wall: float | None = None) -> dict[str, Any]:
         """Close the interval; ``wall`` overrides its length (when CPU was read later)."""
         cpu1 = self._now()
+        per1 = self._per_process()
         elapsed = wall if wall is not None else time.monotonic() - self.started
         server, aux, gen, busy = (b - a for a, b in zip(self.cpu0, cpu1, strict=True))
         self.result = {
@@ -61,6 +70,10 @@ class Meter:
             self.result["server_cpu_pct"] = round(100 * server / elapsed, 1) if elapsed else 0.0
         if self.aux:
             self.result["aux_cpu_s"] = round(aux, 2)
+        if self.names:
+            self.result["cpu_s_by_process"] = {
+                self.names[pid]: round(per1[pid] - self.per0.get(pid, 0.0), 2) for pid in per1
+            }
         return self.result
 
 
@@ -181,3 +194,61 @@ class PresenceCounter:
         self.tail = data[-TAIL:] if len(data) >= TAIL else (tail + data)[-TAIL:]
         self.total[0] += n
         self.total[1] += n - gone
+
+
+class GroupchatCounter:
+    """Counts the groupchat messages a room delivers to one occupant (every ``</message>``)
+    and, for a sender, its own messages coming back: XEP-0045 §7.4 reflects each message to
+    its sender too, which marks it done. Each one done is answered with a new one, so the
+    sender keeps a constant window of messages in flight.
+
+    ``mine`` is a marker found only in this occupant's own messages (the start of their
+    body); empty for an occupant that only listens."""
+
+    __slots__ = (
+        "errors",
+        "mine",
+        "received",
+        "reflected",
+        "reply",
+        "running",
+        "sent",
+        "tail",
+        "transport",
+    )
+
+    def __init__(self, conn: Connection, reply: bytes, mine: bytes) -> None:
+        if len(mine) > TAIL + 1:
+            raise ValueError("the marker is longer than the kept tail can join")
+        self.transport = conn.transport
+        self.reply = reply
+        self.mine = mine
+        self.received = 0
+        self.reflected = 0
+        self.sent = 0
+        self.errors = 0
+        self.tail = b""
+        self.running = True
+
+    def send(self, n: int) -> None:
+        """Send ``n`` messages, one write each (each leaves in its own segment, as from a
+        client that sends one message at a time)."""
+        write = self.transport.write  # type: ignore[union-attr]
+        for _ in range(n):
+            write(self.reply)
+        self.sent += n
+
+    def __call__(self, data: bytes) -> None:
+        tail = self.tail
+        n = seam_count(tail, data, MESSAGE_END)
+        own = seam_count(tail, data, self.mine) if self.mine else 0
+        self.tail = data[-TAIL:] if len(data) >= TAIL else (tail + data)[-TAIL:]
+        # Errors are rare: look for them, across the seam too, only when the word is there.
+        if b"error" in data or b"error" in tail[-TAIL:] + data[:TAIL]:
+            self.errors += seam_count(tail, data, ERROR_MARKS[0])
+            self.errors += seam_count(tail, data, ERROR_MARKS[1])
+        self.received += n
+        if own:
+            self.reflected += own
+            if self.running:
+                self.send(own)

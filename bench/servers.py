@@ -6,6 +6,12 @@ mutual subscriptions, RFC 6121 §3) with one password, the same SCRAM iteration 
 authentication allowed without TLS, no rate limits and no TLS requirement (the generator
 chooses STARTTLS per run), and logging at warning level.
 
+For the ``muc`` scenario both get a multi-user chat service (XEP-0045) at
+``conference.<domain>``: Prosody its ``muc`` component in the same process, Switchboard its
+``switchboard muc`` process linked to the core over XEP-0114. Either way rooms may be created
+by local users only, new rooms keep no discussion history and nothing limits rooms or
+occupants.
+
 Prosody 0.12 refuses to run as root: as root it is started as the ``prosody`` user (the
 supported way, what its init script does), with its configuration, data and certificate in a
 temporary directory it owns.
@@ -18,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -33,7 +40,10 @@ from bench import proc
 ITERATIONS = 4096
 PASSWORD = "bench-password"
 DOMAIN = "localhost"
+MUC_DOMAIN = f"conference.{DOMAIN}"
 ROOT = Path(__file__).resolve().parent.parent
+# The MUC instance's id (its resource in the component stream header, README "MUC").
+MUC_INSTANCE = "bench"
 
 PROSODY_CONFIG = """\
 -- Written by bench/servers.py for a benchmark run: loopback only, no limits.
@@ -66,6 +76,28 @@ certificates = "{dir}/certs"
 VirtualHost "{domain}"
     ssl = {{ certificate = "{dir}/certs/{domain}.crt"; key = "{dir}/certs/{domain}.key" }}
 """
+
+# Appended for the muc scenario: mod_muc of Prosody 0.12 (plugins/muc). Room creation by
+# accounts of the host only, new rooms keep no history (history.lib.lua's default is 20), no
+# cap on live rooms (mod_muc keeps 100 in memory by default); no message archive (mod_muc_mam
+# is not loaded) and no mod_muc_limits. Rooms stay locked until configured (the default, as
+# in Switchboard). Occupant ids (XEP-0421) stay on, as Switchboard sends them too.
+PROSODY_MUC = """\
+Component "{muc_domain}" "muc"
+    restrict_room_creation = "local"
+    muc_room_default_history_length = 0
+    muc_room_cache_size = 100000
+    muc_tombstones = false
+"""
+
+# The same for Switchboard's MUC instance ([muc] of switchboard.toml, README "MUC").
+SWITCHBOARD_MUC_LIMITS = {
+    "SWITCHBOARD_MUC_CREATORS": "local",
+    "SWITCHBOARD_MUC_DEFAULT_HISTORY": "0",
+    "SWITCHBOARD_MUC_MAX_ROOMS_PER_USER": "0",
+    "SWITCHBOARD_MUC_MAX_OCCUPANTS": "100000",
+    "SWITCHBOARD_MUC_DEFAULT_MAX_OCCUPANTS": "100000",
+}
 
 
 def free_port() -> int:
@@ -128,8 +160,21 @@ class Accounts:
     domain: str = DOMAIN
 
 
+def stop_process(p: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL when it has not exited within 15 s."""
+    if p is None or p.poll() is not None:
+        return
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(15)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
 class Server(abc.ABC):
-    """A server process under test; ``pids`` are the server's, ``aux_pids`` its helpers'."""
+    """A server under test: ``processes`` are the server's own (name, pid), whose CPU is the
+    server's; ``aux_processes`` its helpers' (Redis), reported apart."""
 
     name = ""
 
@@ -139,31 +184,33 @@ class Server(abc.ABC):
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def processes(self) -> list[tuple[str, int]]:
+        return [(self.name, self.proc.pid)] if self.proc is not None else []
+
+    @property
+    def aux_processes(self) -> list[tuple[str, int]]:
+        return []
+
+    @property
     def pids(self) -> list[int]:
-        return [self.proc.pid] if self.proc is not None else []
+        return [pid for _, pid in self.processes]
 
     @property
     def aux_pids(self) -> list[int]:
-        return []
+        return [pid for _, pid in self.aux_processes]
 
     @abc.abstractmethod
     def provision(self, accounts: Accounts) -> None:
         """Create the accounts (and rosters) in the server's own storage."""
 
     @abc.abstractmethod
-    def start(self, cpus: set[int] | None) -> None:
-        """Start the server pinned to ``cpus`` and wait until it listens."""
+    def start(self, cpus: set[int] | None, *, muc: bool = False) -> None:
+        """Start the server pinned to ``cpus`` and wait until it listens; with ``muc``, with
+        its multi-user chat service at ``MUC_DOMAIN``, empty, ready to take rooms."""
 
     def stop(self) -> None:
         p, self.proc = self.proc, None
-        if p is None or p.poll() is not None:
-            return
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        stop_process(p)
 
     def close(self) -> None:
         """Stop everything this server started."""
@@ -195,12 +242,13 @@ class Prosody(Server):
             for p in [path, *path.rglob("*")]:
                 os.chown(p, self.user.pw_uid, self.user.pw_gid)
 
-    def _write_config(self) -> None:
-        self.config.write_text(
-            PROSODY_CONFIG.format(
-                dir=self.workdir, port=self.port, domain=DOMAIN, iterations=ITERATIONS
-            )
+    def _write_config(self, muc: bool = False) -> None:
+        text = PROSODY_CONFIG.format(
+            dir=self.workdir, port=self.port, domain=DOMAIN, iterations=ITERATIONS
         )
+        if muc:
+            text += PROSODY_MUC.format(muc_domain=MUC_DOMAIN)
+        self.config.write_text(text)
 
     def provision(self, accounts: Accounts) -> None:
         from core.xmpp.tls import ensure_self_signed
@@ -245,7 +293,11 @@ class Prosody(Server):
             )
         self._own(self.workdir)
 
-    def start(self, cpus: set[int] | None) -> None:
+    def start(self, cpus: set[int] | None, *, muc: bool = False) -> None:
+        # The MUC component only when asked for; its storage is emptied first: on shutdown
+        # mod_muc saves every live room with its occupants, which must not come back.
+        shutil.rmtree(self.workdir / "data" / _encode(MUC_DOMAIN), ignore_errors=True)
+        self._write_config(muc)
         log = (self.workdir / "stdout.log").open("ab")
         kwargs: dict[str, object] = {}
         if self.user is not None:
@@ -289,11 +341,22 @@ class Switchboard(Server):
         self.extra_env = dict(extra_env or {})
         # The source tree the core runs from: this one, or another checkout to compare with.
         self.tree = (tree or ROOT).resolve()
+        # The MUC process (muc scenario only), its link to the core and the link's secret.
+        self.muc: subprocess.Popen[bytes] | None = None
+        self.component_port = 0
+        self.component_secret = secrets.token_hex(16)
 
     @property
-    def aux_pids(self) -> list[int]:
+    def processes(self) -> list[tuple[str, int]]:
+        out = [("core", self.proc.pid)] if self.proc is not None else []
+        if self.muc is not None:
+            out.append(("muc", self.muc.pid))
+        return out
+
+    @property
+    def aux_processes(self) -> list[tuple[str, int]]:
         pid = self.redis.pid if self.redis is not None else None
-        return [pid] if pid else []
+        return [("redis", pid)] if pid else []
 
     def provision(self, accounts: Accounts) -> None:
         from core.runtime.redis_server import EmbeddedRedis
@@ -304,7 +367,9 @@ class Switchboard(Server):
         self.redis_url = self.redis.start()
         asyncio.run(seed_switchboard(self.redis_url, accounts))
 
-    def env(self) -> dict[str, str]:
+    def env(self, muc: bool = False) -> dict[str, str]:
+        """The environment of the core and, with ``muc``, of the MUC process: both read the
+        same [components.muc] (domain, secret) and [component_listener]."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
         env.update(
             SWITCHBOARD_DOMAIN=DOMAIN,
@@ -324,13 +389,26 @@ class Switchboard(Server):
             SWITCHBOARD_AUTH_MAX_FAILURES_PER_MINUTE="1000000",
             SWITCHBOARD_LOG_LEVEL="warning",
         )
+        if muc:
+            env.update(
+                SWITCHBOARD_COMPONENT_LISTENER_INTERFACE="127.0.0.1",
+                SWITCHBOARD_COMPONENT_LISTENER_PORT=str(self.component_port),
+                SWITCHBOARD_COMPONENTS_MUC_DOMAIN=MUC_DOMAIN,
+                SWITCHBOARD_COMPONENTS_MUC_SECRET=self.component_secret,
+                **SWITCHBOARD_MUC_LIMITS,
+            )
         if self.tree != ROOT:
             # The other tree's core first; bench/ (for the launcher) from this one.
             env["PYTHONPATH"] = f"{self.tree}{os.pathsep}{ROOT}"
         env.update(self.extra_env)
         return env
 
-    def start(self, cpus: set[int] | None) -> None:
+    def start(self, cpus: set[int] | None, *, muc: bool = False) -> None:
+        if muc:
+            self.component_port = free_port()
+            # Rooms of an earlier run (with occupants long gone) must not take part.
+            clear_muc_rooms(self.redis_url)
+        env = self.env(muc)
         log = (self.workdir / "core.log").open("ab")
         if self.loop:
             command = [sys.executable, "-m", "bench.launch_core", "--loop", self.loop]
@@ -339,7 +417,7 @@ class Switchboard(Server):
         self.proc = subprocess.Popen(
             command,
             cwd=self.tree,
-            env=self.env(),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -348,6 +426,33 @@ class Switchboard(Server):
         if self.redis is not None and self.redis.pid:
             proc.pin(self.redis.pid, cpus)
         wait_port(self.port, self.proc)
+        if muc:
+            try:
+                self._start_muc(env, cpus)
+            except BaseException:
+                self.stop()
+                raise
+
+    def _start_muc(self, env: dict[str, str], cpus: set[int] | None) -> None:
+        """``switchboard muc`` beside the core, on the server's CPU; returns once its link
+        is live (the core records it in Redis after the handshake)."""
+        log = (self.workdir / "muc.log").open("ab")
+        self.muc = subprocess.Popen(
+            [sys.executable, "-m", "core.cli", "muc", "--instance", MUC_INSTANCE],
+            cwd=self.tree,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        proc.pin(self.muc.pid, cpus)
+        wait_link(self.redis_url, MUC_DOMAIN, MUC_INSTANCE, self.muc)
+
+    def stop(self) -> None:
+        # The MUC process first: it leaves the core on SIGTERM, then the core goes.
+        m, self.muc = self.muc, None
+        stop_process(m)
+        super().stop()
 
     def close(self) -> None:
         self.stop()
@@ -356,8 +461,54 @@ class Switchboard(Server):
             self.redis = None
 
     def log_tail(self) -> str:
-        path = self.workdir / "core.log"
-        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+        out = ""
+        for name in ("core.log", "muc.log"):
+            path = self.workdir / name
+            if path.exists():
+                out += f"{name}: " + path.read_text(errors="replace")[-2000:]
+        return out
+
+
+def clear_muc_rooms(url: str) -> int:
+    """Delete every MUC key (``muc:*``, components/muc/store.py) from Switchboard's Redis;
+    returns how many there were."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        found = list(client.scan_iter(match=b"muc:*", count=1000))
+        for i in range(0, len(found), 1000):
+            client.delete(*found[i : i + 1000])
+        return len(found)
+    finally:
+        client.close()
+
+
+def wait_link(
+    url: str,
+    domain: str,
+    instance: str,
+    proc_: subprocess.Popen[bytes],
+    timeout: float = 20.0,
+) -> None:
+    """Wait until the core records the live link of ``instance`` for ``domain`` in Redis
+    (``component-links:{<domain>}``, README "Components")."""
+    import redis
+
+    from core.storage import keys
+
+    client = redis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc_.poll() is not None:
+                raise RuntimeError(f"the MUC process exited with {proc_.returncode}")
+            if client.hexists(keys.component_links(domain), instance):
+                return
+            time.sleep(0.05)
+    finally:
+        client.close()
+    raise TimeoutError(f"the MUC instance {instance} did not link to the core for {domain}")
 
 
 async def seed_switchboard(url: str, accounts: Accounts) -> None:
@@ -395,6 +546,13 @@ def switchboard_has_presence() -> bool:
         importlib.util.find_spec(m) is not None
         for m in ("core.storage.roster", "core.modules.presence", "core.modules.roster")
     )
+
+
+def switchboard_has_muc() -> bool:
+    """Whether this tree has the MUC component (``switchboard muc``, XEP-0045)."""
+    import importlib.util
+
+    return importlib.util.find_spec("components.muc.app") is not None
 
 
 async def seed_switchboard_rosters(client: Any, accounts: Accounts) -> bool:
