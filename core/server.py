@@ -16,6 +16,7 @@ from lxml import etree
 from core.component_routes import ComponentRoutes
 from core.router import Router
 from core.runtime.config import Config, effective_redis_url
+from core.runtime.reactor import tune_gc
 from core.runtime.redis import connect
 from core.sessions import HEARTBEAT, SessionRegistry
 from core.storage import keys
@@ -368,6 +369,7 @@ def run_core(config: Config) -> int:
         beat = task.LoopingCall(lambda: server.spawn(server.sessions.heartbeat()))
         beat.start(HEARTBEAT, now=False)
         state["beat"] = beat
+        tune_gc()
         log.info("switchboard core %s serving %s", config.node_id, config.domain)
         return server
 

@@ -69,7 +69,7 @@ def run_component(
     ``on_start`` runs before the first connection (open Redis there), ``on_stop`` after the
     stream is closed. Installs the asyncio reactor, so nothing may have imported
     ``twisted.internet.reactor`` before."""
-    from core.runtime.reactor import deferred_from_coro, install
+    from core.runtime.reactor import deferred_from_coro, install, tune_gc
 
     install(config.runtime.event_loop if config is not None else "auto")
     from twisted.internet import reactor
@@ -86,6 +86,7 @@ def run_component(
             await on_start(app)
         app.start()
         state["started"] = True
+        tune_gc()
         log.info("component %s (instance %s) started", app.domain, app.instance)
 
     def booted(fut: asyncio.Future[None]) -> None:

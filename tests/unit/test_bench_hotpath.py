@@ -128,3 +128,30 @@ def test_a_tls_wrapper_never_reaches_the_raw_socket() -> None:
     write_now(wrapper, b"<message/>")
     assert sock.sent == []
     assert raw.written == [b"<message/>"]
+
+
+def test_no_delay_is_set_on_tcp_and_skipped_elsewhere() -> None:
+    """set_no_delay turns Nagle's algorithm off on a real TCP socket, and leaves transports
+    without the method (memory transports) alone."""
+    import socket
+
+    from core.c2s import set_no_delay
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    try:
+
+        class _Tcp:
+            def setTcpNoDelay(self, enabled: bool) -> None:
+                accepted.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(enabled))
+
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+        set_no_delay(_Tcp())
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        set_no_delay(StringTransport())  # no such method: nothing happens
+    finally:
+        for s in (client, accepted, server):
+            s.close()

@@ -42,3 +42,18 @@ def test_uvloop_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> Non
         assert type(loop).__module__.startswith("asyncio")
     finally:
         loop.close()
+
+
+def test_tune_gc_raises_the_young_threshold() -> None:
+    """After tune_gc the young generation is collected every GC_YOUNG_THRESHOLD allocations,
+    the older thresholds are kept, and start-up objects are frozen out of collections."""
+    import gc
+
+    before = gc.get_threshold()
+    try:
+        reactor.tune_gc()
+        assert gc.get_threshold() == (reactor.GC_YOUNG_THRESHOLD, before[1], before[2])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
