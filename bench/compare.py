@@ -123,6 +123,26 @@ def plan(quick: bool) -> list[Run]:
             ),
         ),
         Run(
+            "latency-2x-sessions",
+            (
+                "latency",
+                "--pairs",
+                "100",
+                "--rate",
+                "1000",
+                "--duration",
+                dur,
+                "--warmup",
+                "1",
+                "-c",
+                "20",
+            ),
+            (
+                ("p99_ms", "p99 ms at 1000 msg/s, 200 sessions", False),
+                ("server_cpu_s", "server CPU s at 1000 msg/s, 200 sessions (100: above)", False),
+            ),
+        ),
+        Run(
             "presence",
             (
                 "presence",
