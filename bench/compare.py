@@ -157,7 +157,10 @@ def plan(quick: bool) -> list[Run]:
                 "--duration",
                 "60",
             ),
-            (("presence_per_s", "presence stanzas/s (50 contacts)", True),),
+            (
+                ("available_per_s", "available presences/s until all seen (50 contacts)", True),
+                ("presence_per_s", "presence stanzas/s, any kind (50 contacts)", True),
+            ),
         ),
         Run(
             "muc",

@@ -402,6 +402,9 @@ async def scenario_presence(a: argparse.Namespace, t: Target, meter: Meter) -> d
         "delivered": total[0],
         "complete": total[1] >= expected,
         "presence_per_s": round(total[0] / wall, 1) if wall > 0 else 0.0,
+        # The useful work: every user seeing every contact online, whatever else was sent
+        # (a server may also answer probes of offline contacts with unavailable presence).
+        "available_per_s": round(min(total[1], expected) / wall, 1) if wall > 0 else 0.0,
         **m,
     }
 

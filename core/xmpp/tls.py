@@ -87,10 +87,21 @@ class ServerTLS:
             self.end_point: bytes | None = tls_server_end_point(self.cert_der)
         except ValueError:
             self.end_point = None
+        # One set of options (one OpenSSL context) per ALPN list, shared by every connection:
+        # building a context per STARTTLS (loading the key, setting ciphers) cost about a
+        # tenth of a TLS login's CPU, and a shared context lets clients resume sessions.
+        self._options: dict[tuple[bytes, ...] | None, ssl.CertificateOptions] = {}
 
     def options(self, alpn: list[bytes] | None = None) -> ssl.CertificateOptions:
         """Server options; ``alpn`` lists the protocols chosen when the client offers them
         (XEP-0368: ``xmpp-client`` on the direct TLS port, none for STARTTLS)."""
+        key = tuple(alpn) if alpn is not None else None
+        found = self._options.get(key)
+        if found is None:
+            found = self._options[key] = self._new_options(alpn)
+        return found
+
+    def _new_options(self, alpn: list[bytes] | None) -> ssl.CertificateOptions:
         return _ServerOptions(
             privateKey=self._private_key,  # type: ignore[arg-type]
             certificate=self._chain[0],  # type: ignore[arg-type]

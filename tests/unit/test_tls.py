@@ -245,3 +245,14 @@ def test_no_channel_bindings_without_tls() -> None:
     assert channel_bindings(plain, b"x") == {}
     assert tls_version(plain) is None
     assert channel_bindings(object(), b"x") == {}
+
+
+def test_options_are_built_once_per_alpn_list(tls: ServerTLS) -> None:
+    """Every STARTTLS shares one OpenSSL context (no key loading per connection); the
+    direct TLS port, which selects xmpp-client by ALPN, has its own."""
+    starttls = tls.options()
+    assert tls.options() is starttls
+    assert starttls.getContext() is tls.options().getContext()
+    direct = tls.options(alpn=[b"xmpp-client"])
+    assert direct is tls.options(alpn=[b"xmpp-client"])
+    assert direct is not starttls
