@@ -71,10 +71,12 @@ def run_muc(
     kwargs: dict[str, Any] = {}
     if instance:
         kwargs["instance"] = instance
-    app, _ = build(config, redis, settings=settings, name=name, **kwargs)
+    app, service = build(config, redis, settings=settings, name=name, **kwargs)
 
     async def on_start(_: Any) -> None:
         await wait_ready(redis, REDIS_WAIT)
+        # Other instances' writes drop our copies of their rooms (service.py docstring).
+        service.start_watching()
         log.info(
             "MUC %s (instance %s) with rooms in Redis at %s",
             app.domain,
@@ -83,6 +85,7 @@ def run_muc(
         )
 
     async def on_stop(_: Any) -> None:
+        await service.stop_watching()
         await redis.aclose()
 
     return run_component(app, config, on_start=on_start, on_stop=on_stop)

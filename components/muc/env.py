@@ -8,9 +8,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from lxml import etree
+
 from components.muc.settings import MucSettings
 
-Out = list  # the stanzas a step of the room logic sends, in order
+Out = list  # what a step of the room logic sends, in order: stanzas and Fanouts
+
+
+@dataclass(slots=True)
+class Fanout:
+    """One stanza for many recipients (a groupchat message, XEP-0045 §7.4): built once and
+    sent to each recipient in turn with only its 'to' changed, instead of a copy each."""
+
+    stanza: etree._Element
+    recipients: list[str]
 
 
 @dataclass

@@ -7,7 +7,7 @@ import copy
 
 from lxml import etree
 
-from components.muc.env import Env, Out
+from components.muc.env import Env, Fanout, Out
 from components.muc.errors import Refused
 from components.muc.forms import Form, add_field, new_form
 from components.muc.model import (
@@ -67,9 +67,12 @@ def groupchat(room: Room, msg: Element, sender: str, env: Env) -> Out:
     if occupant.role not in ("participant", "moderator"):
         raise Refused("no-voice")
     reflected = _reflect(room, occupant, msg)
-    if _storable(msg):
+    # §7.2.15, muc#maxhistoryfetch: the room keeps at most its history length (within
+    # the service's maximum); with 0 it keeps nothing, and the message changes nothing stored.
+    kept = min(room.config.history_length, env.settings.max_history)
+    if kept > 0 and _storable(msg):
         xml = etree.tostring(reflected, encoding="unicode")
-        room.add_history(HistoryItem(env.now(), xml), room.config.history_length)
+        room.add_history(HistoryItem(env.now(), xml), kept)
     return _fan_out(room, reflected)
 
 
@@ -93,12 +96,7 @@ def _storable(msg: Element) -> bool:
 
 
 def _fan_out(room: Room, reflected: Element) -> Out:
-    out: Out = []
-    for _, to in room.sessions():
-        m = copy.deepcopy(reflected)
-        m.set("to", to)
-        out.append(m)
-    return out
+    return [Fanout(reflected, [to for _, to in room.sessions()])]
 
 
 def may_change_subject(room: Room, occupant: Occupant) -> bool:

@@ -232,7 +232,15 @@ class Room:
     # The token of the stored state this room was loaded from ("" before it is stored).
     version: str = ""
     changes: Changes = field(default_factory=Changes)
+    # Until when (the service's monotonic clock) this copy may be used without asking Redis
+    # for the room's version (MucService.room); 0: ask first.
+    fresh_until: float = field(default=0.0, repr=False, compare=False)
     _by_session: dict[str, str] = field(default_factory=dict, repr=False)
+    # XEP-0421 occupant ids already computed, by (secret, bare JID): an HMAC per message
+    # otherwise.
+    occupant_ids: dict[tuple[str, str], str] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         self.reindex()
@@ -327,10 +335,23 @@ class Room:
     # History and meta ------------------------------------------------------------------
 
     def add_history(self, item: HistoryItem, limit: int) -> None:
+        """Keep ``item`` among the last ``limit`` messages (XEP-0045 §7.2.15 and
+        muc#maxhistoryfetch: the room's own setting bounds what is kept). With a
+        limit of 0 nothing is kept, so there is nothing to store either."""
+        if limit <= 0:
+            self.history.clear()
+            return
         self.history.append(item)
-        if len(self.history) > limit:
-            del self.history[: len(self.history) - limit]
+        self.trim_history(limit)
         self.changes.history.append(item)
+        if len(self.changes.history) > limit:
+            del self.changes.history[: len(self.changes.history) - limit]
+
+    def trim_history(self, limit: int) -> None:
+        """Forget all but the last ``limit`` messages (in memory; the store trims its copy
+        on the room's next write)."""
+        if len(self.history) > max(limit, 0):
+            del self.history[: len(self.history) - max(limit, 0)]
 
     def touch(self) -> None:
         """Record a change to the configuration, subject, lock or other room-wide state."""

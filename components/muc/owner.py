@@ -86,6 +86,9 @@ def owner_set(room: Room, sender_bare: str, query: Element, env: Env) -> Out:
     was_locked = room.locked
     room.config = new
     room.locked = False
+    # §10.2 muc#maxhistoryfetch: a shorter history forgets the oldest messages
+    # (the store trims its copy with the configuration).
+    room.trim_history(min(new.history_length, env.settings.max_history))
     room.touch()
     out: Out = apply_changes(room, lists, None, sender_bare)
     if new.members_only and not old.members_only:

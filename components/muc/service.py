@@ -2,18 +2,47 @@
 the room logic, stores what changed, then sends what the logic produced.
 
 Several instances may serve one MUC domain (``instances = "shard"``): the core hands every
-room to exactly one of them and moves rooms when an instance comes or goes. An instance
-therefore never trusts its memory blindly: before each stanza it compares the room's version
-token with Redis and reloads the room when another instance changed it, and every write is
-conditional on that token (``RoomStore.save``). A room taken over from a dead instance is
-simply loaded; its occupants keep their nicks and presence and notice nothing.
+room to exactly one of them (rendezvous hashing of the room JID) and moves rooms when an
+instance comes or goes. A room taken over from a dead instance is simply loaded; its
+occupants keep their nicks and presence and notice nothing.
+
+An instance therefore never trusts its memory blindly, but it does not ask Redis on every
+stanza either: a groupchat message changes nothing but the history, and the instance that
+owns a room is its only writer while it owns it.
+
+* Every write is conditional on the room's version token (``RoomStore.save``), so a copy
+  that is out of date never overwrites anything: the write fails, the room is reloaded and
+  the stanza handled again.
+* A copy can only be out of date after another instance wrote the room (it moved away and
+  came back, or two instances served it while the core moved it). Such writes are announced
+  on Redis pub/sub and drop this instance's copy (``RoomStore.watch``). Redis hands the
+  announcement to this instance's socket when it runs the write, before the writer even has
+  its reply, so before the core can have moved the room back and routed a stanza here; the
+  event loop reads the sockets in the order they became readable. (A write that only adds
+  history is not announced: nothing served without a write depends on the history, and a
+  write from an old copy fails the version check.)
+* While the announcements flow (the subscription is up), a copy confirmed against Redis
+  (loaded, written, or its version checked) is used without asking again for
+  ``REVALIDATE`` seconds, which bounds how long a copy could be used should an announcement
+  be read late (a backlog on the connection). Otherwise (no subscription yet, or lost, or a
+  copy read while an announcement arrived) each stanza first compares the version with
+  Redis, as every stanza did before.
+
+A groupchat message to a room that keeps no history thus costs no Redis round trip, and one
+that is kept costs one (the conditional write). The history is written before the message
+is reflected: XEP-0045 does not require it, but then an occupant who saw a message finds it
+in the history after a failover, and a write refused as stale is handled again before
+anything was sent.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,7 +50,7 @@ from typing import Any
 from lxml import etree
 
 from components.muc import admin, disco, join, messages, occupants, owner, register
-from components.muc.env import Env, Out
+from components.muc.env import Env, Fanout, Out
 from components.muc.errors import Refused
 from components.muc.model import CorruptRoom, Occupant, Room
 from components.muc.names import QN_X_MUC, STATUS_ERROR_REMOVED, STATUS_SELF
@@ -40,6 +69,9 @@ Step = Callable[[Room | None], Awaitable[Out]]
 MAX_ATTEMPTS = 3
 # Rooms kept in memory; others are loaded from Redis when needed.
 CACHE_SIZE = 10000
+# Seconds a room confirmed against Redis is used without asking again, while changes made
+# elsewhere are announced to this instance (see the module docstring).
+REVALIDATE = 1.0
 QN_VCARD = qn(NS_VCARD, "vCard")
 # Seconds an IQ relayed to an occupant may take before its sender gets recipient-unavailable
 # (the room goes on meanwhile: the answer is awaited outside the room's turn).
@@ -62,7 +94,11 @@ _GONE_CONDITIONS = frozenset(
 
 
 class MucService:
-    """Rooms of one MUC domain, as served by this instance."""
+    """Rooms of one MUC domain, as served by this instance.
+
+    ``send`` must be done with a stanza when it returns (the component client serialises
+    it at once): a stanza sent to many occupants is one element whose 'to' changes between
+    calls (``Fanout``)."""
 
     def __init__(
         self,
@@ -72,13 +108,22 @@ class MucService:
         *,
         iq: Callable[..., Awaitable[Element]] | None = None,
         name: str = "Chatrooms",
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.env = env
         self.send = send
         self.iq = iq
         self.name = name
+        self.monotonic = monotonic
         self.rooms: OrderedDict[str, Room] = OrderedDict()
+        # Changes made elsewhere are announced to us (RoomStore.watch is subscribed).
+        self.announced = False
+        self._announcing = asyncio.Event()
+        # Counts the announcements of changes made elsewhere: a copy read from Redis while
+        # one arrived may predate it, so it is not taken as confirmed.
+        self._epoch = 0
+        self._watcher: asyncio.Future[None] | None = None
 
     @property
     def domain(self) -> str:
@@ -90,19 +135,83 @@ class MucService:
         """Drop every room from memory (the link went down: rooms may move meanwhile)."""
         self.rooms.clear()
 
+    # Announcements of changes made elsewhere --------------------------------------------
+
+    def start_watching(self) -> None:
+        """Follow other instances' writes (RoomStore.watch) until ``stop_watching``."""
+        if self._watcher is None:
+            self._watcher = asyncio.ensure_future(
+                self.store.watch(self.changed_elsewhere, self.subscribed)
+            )
+
+    async def stop_watching(self) -> None:
+        task, self._watcher = self._watcher, None
+        if task is not None:
+            task.cancel()
+            # Bounded: redis-py's pub/sub read can absorb a cancellation.
+            with contextlib.suppress(Exception):
+                await asyncio.wait([task], timeout=2.0)
+        self.announced = False
+        self._announcing.clear()
+
+    async def wait_watching(self, timeout: float) -> None:
+        """Until changes made elsewhere are announced to this instance."""
+        await asyncio.wait_for(self._announcing.wait(), timeout)
+
+    def subscribed(self, up: bool) -> None:
+        """The announcements start (again) or stop reaching us. Either way, what was
+        announced meanwhile may be lost: every copy is checked against Redis before its
+        next use."""
+        self.announced = up
+        if up:
+            self._announcing.set()
+        else:
+            self._announcing.clear()
+        self._epoch += 1
+        for room in self.rooms.values():
+            room.fresh_until = 0.0
+
+    def changed_elsewhere(self, jid: str, version: str) -> None:
+        """Another instance wrote room ``jid`` (``version`` "": removed it)."""
+        self._epoch += 1
+        cached = self.rooms.get(jid)
+        if cached is not None and cached.version != version:
+            self.rooms.pop(jid, None)
+
+    def _confirmed(self, room: Room, epoch: int) -> None:
+        """``room`` was the stored state when Redis last answered (read since ``epoch``)."""
+        if self.announced and epoch == self._epoch:
+            room.fresh_until = self.monotonic() + REVALIDATE
+        else:
+            room.fresh_until = 0.0
+
+    # Rooms in memory and in Redis -------------------------------------------------------
+
     async def room(self, jid: str) -> Room | None:
         """The current state of room ``jid``, None when it does not exist."""
         cached = self.rooms.get(jid)
-        version = await self.store.version(jid)
-        if version is None:
-            self.rooms.pop(jid, None)
-            return None
-        if cached is not None and cached.version == version:
-            # The cache may have been emptied while Redis answered (forget_all on a link
-            # change): the copy is still the stored version, so it is still good to use.
-            if jid in self.rooms:
-                self.rooms.move_to_end(jid)
+        if (
+            cached is not None
+            and self.announced
+            and cached.fresh_until > self.monotonic()
+            and not cached.changes
+        ):
+            # Confirmed recently, and no change announced since (see the module docstring).
+            self.rooms.move_to_end(jid)
             return cached
+        epoch = self._epoch
+        if cached is not None:
+            version = await self.store.version(jid)
+            if version is None:
+                self.rooms.pop(jid, None)
+                return None
+            if cached.version == version:
+                # The cache may have been emptied while Redis answered (forget_all on a link
+                # change): the copy is still the stored version, so it is still good to use.
+                if jid in self.rooms:
+                    self.rooms.move_to_end(jid)
+                    self._confirmed(cached, epoch)
+                return cached
         try:
             room = await self.store.load(jid, self.env.settings.max_history)
         except CorruptRoom as exc:
@@ -115,6 +224,7 @@ class MucService:
         if cached is not None:
             log.info("room %s changed elsewhere; reloaded", jid)
         self._cache(room)
+        self._confirmed(room, epoch)
         return room
 
     def _cache(self, room: Room) -> None:
@@ -172,6 +282,7 @@ class MucService:
             if room is None or not room.changes:
                 return out
             destroyed = room.changes.destroyed
+            epoch = self._epoch
             try:
                 await self.store.save(room, self.env.settings.max_history)
             except StaleRoom:
@@ -183,12 +294,22 @@ class MucService:
                 raise
             if destroyed:
                 self.rooms.pop(jid, None)
+            else:
+                self._confirmed(room, epoch)
             return out
         raise StanzaError("resource-constraint", "the room is busy; try again")
 
     def emit(self, out: Out) -> None:
-        for stanza in out:
-            self.send(stanza)
+        send = self.send
+        for item in out:
+            if type(item) is Fanout:
+                # One element for every recipient: send serialises it before returning.
+                stanza = item.stanza
+                for to in item.recipients:
+                    stanza.set("to", to)
+                    send(stanza)
+            else:
+                send(item)
 
     # Presence ----------------------------------------------------------------------------
 

@@ -29,6 +29,8 @@ QN_STATUS = qn(NS_CLIENT, "status")
 QN_BODY = qn(NS_CLIENT, "body")
 QN_SUBJECT = qn(NS_CLIENT, "subject")
 
+# Occupant ids a room remembers (one per real bare JID seen in it; bounded).
+_OCCUPANT_IDS_KEPT = 4096
 # Children a client may not set itself on what the room relays: the room adds its own.
 _ROOM_OWNED = (QN_X_MUC, QN_X_USER, QN_OCCUPANT_ID, QN_DELAY)
 
@@ -40,8 +42,15 @@ def occupant_jid(room: Room, nick: str) -> str:
 def occupant_id(room: Room, bare: str) -> str:
     """XEP-0421 §4: an opaque id, stable for one real bare JID in one room and the same on
     every instance of the service (keyed by the room's stored secret)."""
-    mac = hmac.new(room.secret.encode(), bare.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac[:18]).decode()
+    key = (room.secret, bare)
+    cached = room.occupant_ids.get(key)
+    if cached is None:
+        mac = hmac.new(room.secret.encode(), bare.encode(), hashlib.sha256).digest()
+        cached = base64.urlsafe_b64encode(mac[:18]).decode()
+        if len(room.occupant_ids) >= _OCCUPANT_IDS_KEPT:
+            room.occupant_ids.clear()
+        room.occupant_ids[key] = cached
+    return cached
 
 
 def add_occupant_id(stanza: Element, room: Room, bare: str) -> None:

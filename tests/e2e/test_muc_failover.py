@@ -159,3 +159,49 @@ def test_graceful_restart_hands_rooms_over_and_back(core: Any) -> None:
     finally:
         m1.stop()
         m2.stop()
+
+
+def test_a_room_that_moves_away_and_back_is_current(core: Any) -> None:
+    """A room served by m1 moves to m3 when m3 joins, gains an occupant there, and comes
+    back to m1 when m3 stops: m1, which kept the room in memory all along, serves the
+    current room. The room keeps no history, so m1 reflects messages without writing to
+    Redis (nothing would catch an out-of-date copy on write): the newcomer must still hear
+    m1's next message."""
+    room = next(
+        r
+        for r in (f"roam{i}@{SERVICE}" for i in range(1000))
+        if rendezvous(r, ["m1", "m3"]) == "m3"
+    )
+    m1 = MucProcess(core, "m1").start()
+    m3 = MucProcess(core, "m3")
+
+    async def run() -> None:
+        await wait_instances(core, {"m1"})
+        async with clients(core, "user00", "user01", "user02", "observer") as (a, b, c, obs):
+            await create_room(a, room, "a", **{"muc#maxhistoryfetch": "0"})
+            await b.plugin["xep_0045"].join_muc_wait(room, "b", timeout=10)
+            a.send_message(mto=room, mbody="on m1", mtype="groupchat")
+            await groupchat_from(b, room, "on m1", 10)
+
+            m3.start()
+            await wait_instances(core, {"m1", "m3"})
+            await c.plugin["xep_0045"].join_muc_wait(room, "c", timeout=10)
+            b.send_message(mto=room, mbody="on m3", mtype="groupchat")
+            await groupchat_from(c, room, "on m3", 10)
+            assert m3.stop(signal.SIGTERM) == 0
+            await wait_instances(core, {"m1"})
+
+            a.send_message(mto=room, mbody="back on m1", mtype="groupchat")
+            await asyncio.gather(*(groupchat_from(x, room, "back on m1", 10) for x in (a, b, c)))
+            _, _, present, history = await obs.plugin["xep_0045"].join_muc_wait(
+                room, "obs", timeout=10
+            )
+            assert history == []
+            assert sorted(p["from"].resource for p in present) == ["a", "b", "c", "obs"]
+
+    try:
+        asyncio.run(run())
+    finally:
+        m3.stop()
+        m1.stop()
+    assert "Traceback" not in m1.log()

@@ -27,6 +27,7 @@ from tests.e2e.test_muc import (
     codes,
     core_with_muc,
     create_room,
+    groupchat_from,
     next_where,
 )
 from tests.e2e.test_muc import (
@@ -310,3 +311,36 @@ def test_absent_user_is_told_of_an_affiliation_change(stack: CoreProcess) -> Non
             assert item.findtext(f"{MUC_USER}reason") == "trusted"
 
     asyncio.run(run())
+
+
+def test_a_room_without_history_keeps_none(stack: CoreProcess) -> None:
+    """§7.2.15 with muc#maxhistoryfetch 0: messages are reflected to everyone, nothing is
+    kept in Redis and a newcomer gets no history; the MUC instance follows other instances'
+    changes on Redis pub/sub (how it serves such messages from memory)."""
+    import redis
+
+    room = f"nohistory@{SERVICE}"
+    store = redis.Redis.from_url(stack.redis_url)
+
+    async def run() -> None:
+        async with clients(stack, "alice", "bob", "carol") as (alice, bob, carol):
+            await create_room(alice, room, "Alice", **{"muc#maxhistoryfetch": "0"})
+            await bob.plugin["xep_0045"].join_muc_wait(room, "Bob", timeout=5)
+            for i in range(3):
+                alice.send_message(mto=room, mbody=f"line {i}", mtype="groupchat")
+                await groupchat_from(bob, room, f"line {i}")
+            _, _, _, history = await carol.plugin["xep_0045"].join_muc_wait(
+                room, "Carol", timeout=5
+            )
+            assert history == []
+            # The room is stored (it goes with its last occupant), its history is not.
+            assert store.exists(f"muc:room:{{{room}}}") == 1
+            assert store.exists(f"muc:history:{{{room}}}") == 0
+
+    try:
+        asyncio.run(run())
+        # The one MUC instance of this module listens (pub/sub is not per database).
+        ((_, listeners),) = store.pubsub_numsub(f"muc:changes:{{{SERVICE}}}")
+        assert listeners == 1
+    finally:
+        store.close()

@@ -6,6 +6,7 @@ Other ``test_muc_*`` modules import ``Muc`` and the ``muc`` fixture from here.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -80,8 +81,13 @@ class Muc:
             clock=lambda: self.now,
             new_secret=lambda: "room-secret",
         )
-        self.service = MucService(RoomStore(client, SERVICE), env, self.sent.append, iq=self._iq)
+        self.service = MucService(RoomStore(client, SERVICE), env, self._sent, iq=self._iq)
         self.dispatcher = MucDispatcher([build_module(lambda: self.service)], lambda: self.service)
+
+    def _sent(self, el: Element) -> None:
+        # As the component client does, the stanza is done with on return (a groupchat
+        # message is one element whose 'to' changes from one recipient to the next).
+        self.sent.append(copy.deepcopy(el))
 
     async def _iq(self, iq: Element, timeout: float | None = None) -> Element:
         self.forwarded.append(iq)
