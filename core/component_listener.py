@@ -17,6 +17,12 @@ One ``ComponentStream`` per connection on the component port (5347 by default):
 Instance id: the resource of the header's ``from`` when it is ``<domain>/<instance>`` (the
 component client of core.xmpp.component sends it); otherwise a generated one.
 
+Content namespace: the stream is parsed with jabber:component:accept read as jabber:client
+(core.xmpp.parser), so that what the component sends is routed as parsed, with no per-stanza
+copy; elements the component qualifies with jabber:component:accept itself are moved by
+``to_client_ns``. The ``<handshake/>`` is then read as jabber:client too, unless the component
+declared jabber:component:accept on it.
+
 Limits are those of client streams: restricted XML and the parser limits of core.xmpp.parser,
 with ``component_listener.max_stanza_size``. Writes to a component that does not read are
 bounded too: past a backlog of ``overflow_limit`` bytes stanzas bounce with
@@ -40,7 +46,7 @@ from core.component_routes import DomainRoute
 from core.xmpp.component_link import QN_HANDSHAKE, handshake_valid
 from core.xmpp.errors import StanzaError, StreamError
 from core.xmpp.jid import JID, JIDError, parse_jid, prep_domain, prep_resource
-from core.xmpp.ns import NS_COMPONENT, QN_IQ, QN_MESSAGE, QN_PRESENCE
+from core.xmpp.ns import NS_CLIENT, NS_COMPONENT, QN_IQ, QN_MESSAGE, QN_PRESENCE, qn
 from core.xmpp.parser import StreamClose, StreamOpen, StreamParser
 from core.xmpp.stanza import error_reply, new_id, serialize, to_client_ns
 from core.xmpp.stream_header import STREAM_CLOSE, check_header, header_bytes
@@ -52,7 +58,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 Element = etree._Element
 
-_COMPONENT_PREFIX = f"{{{NS_COMPONENT}}}"
+# XEP-0114 §3: <handshake/> is in the stream's content namespace, which the parser reads as
+# jabber:client; a component may still name jabber:component:accept on it.
+_HANDSHAKE = frozenset({QN_HANDSHAKE, qn(NS_CLIENT, "handshake")})
+# jabber:component:accept as the content namespace (XEP-0114 §3), read as jabber:client.
+CONTENT_NS_MAP = {NS_COMPONENT: NS_CLIENT}
 HEADER, HANDSHAKE, LINKED, CLOSED = range(4)
 # Stanzas parsed but waiting for an earlier one of the same link; past this, stop reading.
 BACKLOG_PAUSE = 256
@@ -71,7 +81,9 @@ class ComponentStream(OrderedXmlStream):
         self.server = server
         self.routes = server.components
         cfg = server.config
-        self.parser = StreamParser(max_stanza_bytes=cfg.component_listener.max_stanza_size)
+        self.parser = StreamParser(
+            max_stanza_bytes=cfg.component_listener.max_stanza_size, content_ns_map=CONTENT_NS_MAP
+        )
         self.overflow_limit = max(4 * 1024 * 1024, 4 * cfg.component_listener.max_stanza_size)
         self.stage = HEADER
         self.stream_id = ""
@@ -226,7 +238,7 @@ class ComponentStream(OrderedXmlStream):
         )
 
     def _handshake(self, el: Element) -> None:
-        if el.tag != QN_HANDSHAKE:
+        if el.tag not in _HANDSHAKE:
             raise StreamError("not-authorized", "send the handshake first")
         route = self.route
         assert route is not None
@@ -331,11 +343,10 @@ class ComponentStream(OrderedXmlStream):
 
 
 def _client(el: Element) -> Element:
-    """The stanza in the client namespace used inside the core. COMPAT: stanzas already in
-    jabber:client (slixmpp's ``use_jc_ns``) pass as they are."""
-    if isinstance(el.tag, str) and el.tag.startswith(_COMPONENT_PREFIX):
-        return to_client_ns(el, NS_COMPONENT)
-    return el
+    """The stanza in the client namespace used inside the core: as parsed, unless the component
+    named jabber:component:accept on some element itself. COMPAT: stanzas the component
+    qualified with jabber:client (slixmpp's ``use_jc_ns``) pass as they are."""
+    return to_client_ns(el, NS_COMPONENT)
 
 
 class ComponentFactory(protocol.Factory):

@@ -7,6 +7,13 @@ authenticated for this stream by SASL EXTERNAL or by a ``<db:result/>`` that the
 authoritative server confirms; ``<db:verify/>`` requests are answered for our own keys at any
 time after the header. Stanzas are accepted only from authenticated domains, only for domains we
 serve, and are handed to the router in the order they arrived (RFC 6120 §10.1).
+
+The stream is parsed with jabber:server read as jabber:client (core.xmpp.parser), so stanzas
+are routed as parsed, with no per-stanza copy; elements the peer qualifies with jabber:server
+itself are moved by ``to_client_ns``. A stanza the peer qualifies with jabber:client itself can
+then no longer be told apart from one in the stream's namespace, and is taken as one: the same
+stanza in the other content namespace (RFC 6120 §4.8.3). Stream-level elements (dialback,
+SASL, TLS) are in namespaces of their own and read as sent.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from core.xmpp.dialback import QN_DB_RESULT, QN_DB_VERIFY, Dialback
 from core.xmpp.errors import StanzaError, StreamError
 from core.xmpp.jid import JIDError, parse_jid, prep_domain
 from core.xmpp.ns import (
+    NS_CLIENT,
     NS_SASL,
     NS_SERVER,
     NS_STREAMS,
@@ -36,7 +44,7 @@ from core.xmpp.ns import (
     QN_STARTTLS,
     qn,
 )
-from core.xmpp.parser import StreamOpen
+from core.xmpp.parser import StreamOpen, StreamParser
 from core.xmpp.stanza import error_reply, new_id, to_client_ns
 
 if TYPE_CHECKING:
@@ -45,7 +53,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 Element = etree._Element
 
-STANZAS = frozenset(qn(NS_SERVER, k) for k in ("message", "presence", "iq"))
+# As the peer names them, and as the parser reads the stream's default namespace.
+STANZAS = frozenset(
+    qn(ns, k) for ns in (NS_SERVER, NS_CLIENT) for k in ("message", "presence", "iq")
+)
 # Stages of an incoming stream.
 HEADER, TLS_NEEDED, OPEN, SASL_RESTART = range(4)
 MAX_BACKLOG = 64
@@ -58,6 +69,10 @@ class S2SInbound(S2SStream):
 
     def __init__(self, service: S2SService) -> None:
         super().__init__(service)
+        self.parser = StreamParser(
+            max_stanza_bytes=service.config.max_stanza_size,
+            content_ns_map={NS_SERVER: NS_CLIENT},
+        )
         self.stage = HEADER
         self.stream_id = ""
         self.local = service.server.domain  # the 'to' of the peer's header

@@ -411,8 +411,9 @@ class ComponentApp:
     # Input -----------------------------------------------------------------------------
 
     def _incoming(self, el: Element) -> None:
-        if el.tag.startswith(f"{{{NS_COMPONENT}}}"):
-            el = to_client_ns(el, NS_COMPONENT)
+        # The link's parser reads jabber:component:accept as jabber:client
+        # (core.xmpp.component_link); this moves only what the server qualified itself.
+        el = to_client_ns(el, NS_COMPONENT)
         kind = kind_of(el)
         if kind is None:
             log.debug("component %s: ignoring %s", self.domain, el.tag)

@@ -22,7 +22,7 @@ from twisted.internet import protocol
 from twisted.python.failure import Failure
 
 from core.xmpp.errors import StreamError
-from core.xmpp.ns import NS_COMPONENT, NS_STREAMS, QN_STREAM, QN_STREAM_ERROR, qn
+from core.xmpp.ns import NS_CLIENT, NS_COMPONENT, NS_STREAMS, QN_STREAM, QN_STREAM_ERROR, qn
 from core.xmpp.parser import StreamClose, StreamOpen, StreamParser
 from core.xmpp.stream_header import header_bytes
 from core.xmpp.xmlstream import XmlStream
@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 Element = etree._Element
 
 QN_HANDSHAKE = qn(NS_COMPONENT, "handshake")
+# The link is parsed with its content namespace read as jabber:client (core.xmpp.parser), so
+# that stanzas need no per-stanza copy; <handshake/> then arrives in jabber:client too.
+_HANDSHAKE = frozenset({QN_HANDSHAKE, qn(NS_CLIENT, "handshake")})
 # Larger than the c2s default: a component relays client stanzas with additions of its own.
 DEFAULT_MAX_STANZA_SIZE = 1048576
 
@@ -111,7 +114,9 @@ class ComponentStream(XmlStream):
 
     def __init__(self, app: ComponentApp) -> None:
         self.app = app
-        self.parser = StreamParser(max_stanza_bytes=app.max_stanza_size)
+        self.parser = StreamParser(
+            max_stanza_bytes=app.max_stanza_size, content_ns_map={NS_COMPONENT: NS_CLIENT}
+        )
         self.state = CONNECTING
         self.closed = False  # the connection is gone (state CLOSED)
         self.stream_id = ""
@@ -185,9 +190,9 @@ class ComponentStream(XmlStream):
         self.transport.write(f"<handshake>{digest}</handshake>".encode())
 
     def _handshake_answer(self, el: Element) -> None:
-        if el.tag == QN_HANDSHAKE and not self.stream_id:
+        if el.tag in _HANDSHAKE and not self.stream_id:
             raise StreamError("not-well-formed", "handshake before the stream header")
-        if el.tag == QN_HANDSHAKE:
+        if el.tag in _HANDSHAKE:
             # XEP-0114 §3: an empty <handshake/> means the credentials were accepted.
             if self._timer is not None and self._timer.active():
                 self._timer.cancel()

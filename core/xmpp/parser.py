@@ -39,6 +39,17 @@ Error conditions (RFC 6120 §4.9.3):
   ``max_depth`` below the root, an element with more than ``max_attrs`` attributes, or
   more than 8 KiB before the stream header is complete.
 
+Content namespace (RFC 6120 §4.8.2, §4.8.3; XEP-0114 §3): with ``content_ns_map``, e.g.
+``{"jabber:component:accept": "jabber:client"}``, a stream whose header declares a mapped
+namespace as its default one is handed to lxml with the default declaration of the root
+start tag naming the mapped namespace instead, so that its stanzas come out in
+``jabber:client`` as parsed, with no copy. The :class:`StreamOpen` still reports the header
+as the peer sent it. Only the header's declaration is rewritten: an element on which the
+peer declares a namespace itself keeps it (``core.xmpp.stanza.to_client_ns`` moves such
+elements). The header is held back until its start tag is complete (within
+``HEADER_LIMIT``); one whose declaration cannot be read from the bytes as sent (more than
+one, or written with character references) is handed over unchanged.
+
 Stanza size is counted on the bytes fed, not on the tree: the count covers the bytes
 since the slice in which the previous stanza ended and is checked after every slice (at
 most 16 KiB) handed to lxml. A stanza within the limit is never refused; a larger one is
@@ -49,7 +60,7 @@ and is never buffered whole.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeAlias, cast
 
@@ -93,6 +104,14 @@ _NAME = rb"[^\s<>/='\"]+"
 _ATTR = rb"\s+" + _NAME + rb"\s*=\s*(?:'[^'<]*'|\"[^\"<]*\")"
 _COMPLETE_TAG = re.compile(rb"</" + _NAME + rb"\s*>|<" + _NAME + rb"(?:" + _ATTR + rb")*\s*/?>")
 
+# The root start tag: up to the first '>' outside quoted values (possessive, so that an
+# unterminated header costs one linear scan). Its attributes, one at a time, to find the
+# default namespace declaration (XML Namespaces §3) outside attribute values.
+_START_TAG = re.compile(rb"<(?:[^'\">]++|'[^']*+'|\"[^\"]*+\")*+>")
+_TAG_NAME = re.compile(_NAME)
+_ATTR_AT = re.compile(rb"\s+(" + _NAME + rb")\s*=\s*(?:'([^'<]*)'|\"([^\"<]*)\")")
+_TAG_END = re.compile(rb"\s*/?>")
+
 
 @dataclass(slots=True)
 class StreamOpen:
@@ -116,9 +135,16 @@ class StreamParser:
     """Turns the bytes of one XML stream into stream events and stanza elements."""
 
     def __init__(
-        self, *, max_stanza_bytes: int = 262144, max_depth: int = 32, max_attrs: int = 64
+        self,
+        *,
+        max_stanza_bytes: int = 262144,
+        max_depth: int = 32,
+        max_attrs: int = 64,
+        content_ns_map: Mapping[str, str] | None = None,
     ) -> None:
         self._max_stanza_bytes = max_stanza_bytes
+        # Header default namespace -> the namespace its elements are read in (see above).
+        self._ns_map = {k.encode(): v.encode() for k, v in (content_ns_map or {}).items()}
         self._max_depth = max_depth
         self._max_attrs = max_attrs
         # Small limits (tests, tight component links) get smaller slices so that the size
@@ -150,6 +176,8 @@ class StreamParser:
         self._at_rest_flag = False
         self._closed = False
         self._error: StreamError | None = None
+        # (as sent, as read) when the header's default namespace was rewritten.
+        self._mapped: tuple[str, str] | None = None
 
     @property
     def bytes_in_stanza(self) -> int:
@@ -182,6 +210,8 @@ class StreamParser:
             # more than an XML declaration and whitespace before the root start tag.
             self._prolog += data
             root_at = self._check_prolog(self._prolog)
+            if root_at is not None and self._ns_map and not self._map_header(root_at):
+                root_at = None  # the root start tag is not complete yet
             if root_at is None:
                 if len(self._prolog) > HEADER_LIMIT:
                     raise StreamError("policy-violation", "stream header too large")
@@ -308,7 +338,7 @@ class StreamParser:
                         self._root = el
                         # lxml gives str names and values on Python 3; lxml-stubs allow bytes.
                         attrs = dict(cast("dict[str, str]", el.attrib))
-                        out.append(StreamOpen(el.tag, el.prefix, attrs, dict(el.nsmap)))
+                        out.append(self._stream_open(el, attrs))
                         completed = True
                 elif action == "end":
                     depth -= 1
@@ -338,7 +368,46 @@ class StreamParser:
             self._open = depth
         return completed
 
+    def _stream_open(self, root: etree._Element, attrs: dict[str, str]) -> StreamOpen:
+        """The header as the peer sent it, even when its default namespace was rewritten."""
+        tag, nsmap = root.tag, dict(root.nsmap)
+        if self._mapped is not None:
+            sent, read = self._mapped
+            # The root's own declarations are all it has: None is the one rewritten.
+            nsmap[None] = sent
+            if root.prefix is None and tag.startswith(f"{{{read}}}"):
+                tag = f"{{{sent}}}{tag[len(read) + 2 :]}"
+        return StreamOpen(tag, root.prefix, attrs, nsmap)
+
     # -- byte-level checks -------------------------------------------------------------
+
+    def _map_header(self, root_at: int) -> bool:
+        """Rewrite the default namespace declaration of the root start tag in the held-back
+        prolog per ``content_ns_map``; False while the start tag is incomplete.
+
+        A tag that is not a plain sequence of attributes is left for lxml to refuse."""
+        buf = self._prolog
+        assert buf is not None
+        tag = _START_TAG.match(buf, root_at)
+        if tag is None:
+            return False
+        name = _TAG_NAME.match(buf, root_at + 1)
+        if name is None:
+            return True
+        pos, found = name.end(), []
+        while (attr := _ATTR_AT.match(buf, pos, tag.end())) is not None:
+            if attr.group(1) == b"xmlns":
+                found.append(attr)
+            pos = attr.end()
+        if _TAG_END.fullmatch(buf, pos, tag.end()) is None or len(found) != 1:
+            return True
+        (decl,) = found
+        group = 2 if decl.group(2) is not None else 3
+        read = self._ns_map.get(decl.group(group))
+        if read is not None:
+            self._mapped = (decl.group(group).decode(), read.decode())
+            buf[decl.start(group) : decl.end(group)] = read
+        return True
 
     def _check_prolog(self, buf: bytearray) -> int | None:
         """Offset of the root start tag in ``buf``, or None until more bytes arrive."""

@@ -20,6 +20,7 @@ Element = etree._Element
 STANZA_KINDS = {QN_MESSAGE: "message", QN_PRESENCE: "presence", QN_IQ: "iq"}
 _CLIENT_PREFIX = f"{{{NS_CLIENT}}}"
 _CLIENT_DECL = f'xmlns="{NS_CLIENT}"'.encode()
+_CLIENT_DECL_ATTR = b" " + _CLIENT_DECL
 _CLIENT_NS_BYTES = NS_CLIENT.encode()
 _CLIENT_NSMAP = default_ns(NS_CLIENT)
 
@@ -128,9 +129,11 @@ def _copy(el: Element) -> Element:
 def serialize(stanza: Element, content_ns: str = NS_CLIENT) -> bytes:
     """The bytes of ``stanza`` for a stream whose content namespace is ``content_ns``.
 
-    Children in the client namespace inherit the default namespace declared on the stanza, so
-    renaming the stanza's own declaration is enough to move it to jabber:server or
-    jabber:component:accept (RFC 6120 §4.8.3)."""
+    Children in the client namespace inherit the default namespace declared on the stanza.
+    For a jabber:server or jabber:component:accept stream that declaration is left out, so
+    that the stanza and those children inherit the stream's default namespace instead
+    (RFC 6120 §4.8.3): what every peer writes, and what the receiving parser reads as
+    jabber:client with no copy (``StreamParser(content_ns_map=...)``)."""
     # UTF-8 output: the default (ASCII) would write non-ASCII names as character references.
     # The text that followed the element in a tree it came from is not part of the stanza.
     data = etree.tostring(stanza, encoding="utf-8", xml_declaration=False, with_tail=False)
@@ -143,7 +146,11 @@ def serialize(stanza: Element, content_ns: str = NS_CLIENT) -> bytes:
         rebuilt = _unprefixed(stanza, None, None)
         data = etree.tostring(rebuilt, encoding="utf-8", xml_declaration=False, with_tail=False)
     if content_ns != NS_CLIENT:
-        data = data.replace(_CLIENT_DECL, f'xmlns="{content_ns}"'.encode(), 1)
+        if stanza.tag.startswith(_CLIENT_PREFIX):
+            # The stanza's own declaration comes first, and is the only one (above).
+            data = data.replace(_CLIENT_DECL_ATTR, b"", 1)
+        else:
+            data = data.replace(_CLIENT_DECL, f'xmlns="{content_ns}"'.encode(), 1)
     return data
 
 
@@ -168,14 +175,31 @@ def _unprefixed(el: Element, parent: Element | None, default: str | None) -> Ele
 
 def to_client_ns(stanza: Element, content_ns: str) -> Element:
     """Move a stanza received on a jabber:server or jabber:component:accept stream into the
-    client namespace used inside Switchboard (a rebuilt copy; foreign payloads are kept)."""
+    client namespace used inside Switchboard.
+
+    Those streams are parsed with the content namespace read as jabber:client
+    (``StreamParser(content_ns_map=...)``), so their stanzas normally arrive in it already and
+    are returned as they are. What the peer qualified with ``content_ns`` itself, on the stanza
+    or on an element inside it (legal, RFC 6120 §4.8.3), is moved here: a rebuilt copy, in
+    which foreign payloads are kept as they are."""
     if content_ns == NS_CLIENT:
         return stanza
-    return _rename(stanza, f"{{{content_ns}}}", None)
+    prefix = f"{{{content_ns}}}"
+    tag = stanza.tag
+    if not tag.startswith(prefix):
+        if not tag.startswith(_CLIENT_PREFIX):
+            return stanza  # not a stanza of either namespace: the caller refuses it
+        # One walk in C over the elements, no copy, when nothing is in content_ns.
+        if next(stanza.iter(prefix + "*"), None) is None:
+            return stanza
+    return _rename(stanza, prefix, None)
 
 
 def _rename(el: Element, prefix: str, parent: Element | None) -> Element:
-    local = el.tag[len(prefix) :]
+    """A copy of ``el`` with its elements in ``prefix``'s namespace or in jabber:client moved
+    to jabber:client, as far as they are reached through such elements."""
+    tag = el.tag
+    local = tag[tag.index("}") + 1 :]
     # lxml copies attributes from any mapping, its own _Attrib included; lxml-stubs accept
     # only a dict there.
     attrib = cast("dict[str, str]", el.attrib)
@@ -186,8 +210,9 @@ def _rename(el: Element, prefix: str, parent: Element | None) -> Element:
     new.text = el.text
     new.tail = el.tail if parent is not None else None
     for c in el:
-        if isinstance(c.tag, str) and c.tag.startswith(prefix):
+        ctag = c.tag
+        if isinstance(ctag, str) and (ctag.startswith(prefix) or ctag.startswith(_CLIENT_PREFIX)):
             _rename(c, prefix, new)
-        elif isinstance(c.tag, str):
+        elif isinstance(ctag, str):
             new.append(copy.deepcopy(c))
     return new

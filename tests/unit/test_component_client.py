@@ -260,6 +260,44 @@ def test_messages_and_presence_reach_hooks(run_async: Run) -> None:
     run_async(go())
 
 
+def test_server_qualifies_elements_itself(run_async: Run) -> None:
+    """The link reads the stream's namespace as jabber:client; what the server qualifies with
+    jabber:component:accept itself (RFC 6120 §4.8.3), the handshake answer included, reaches
+    the hooks in jabber:client all the same."""
+    module = Module("hooks")
+    got: list[etree._Element] = []
+
+    @module.on("message")
+    async def on_message(app: ComponentApp, stanza: etree._Element) -> None:
+        got.append(stanza)
+
+    async def go() -> None:
+        app = make_app([module])
+        app.start()
+        server = Server(app)
+        server.send(SERVER_HEADER.format(id="sid1"))
+        server.read()
+        server.send(f"<handshake xmlns='{NS_COMPONENT}'/>")
+        assert app.linked
+        frm = f"from='a@localhost/r' to='x@{DOMAIN}'"
+        server.send(
+            f"<message {frm} id='1'><body>a</body></message>"
+            f"<message xmlns='{NS_COMPONENT}' {frm} id='2'><body>b</body></message>"
+            f"<message {frm} id='3'><body xmlns='{NS_COMPONENT}'>c</body></message>"
+        )
+        await idle()
+        assert [m.get("id") for m in got] == ["1", "2", "3"]
+        for msg, body in zip(got, "abc", strict=True):
+            assert [el.tag for el in msg.iter()] == [
+                qn(NS_CLIENT, "message"),
+                qn(NS_CLIENT, "body"),
+            ]
+            assert msg.findtext(qn(NS_CLIENT, "body")) == body
+        assert server.read() == []
+
+    run_async(go())
+
+
 def test_message_without_handler_is_refused(run_async: Run) -> None:
     """With no 'message' hook a message is answered service-unavailable; an error is not
     answered at all."""

@@ -297,6 +297,57 @@ def test_component_stanza_reaches_client(redis_client: redis.asyncio.Redis, run_
     run_async(go())
 
 
+def test_handshake_in_either_namespace(redis_client: redis.asyncio.Redis, run_async: Run) -> None:
+    """XEP-0114 §3: <handshake/> is in jabber:component:accept, whether it inherits the
+    stream's default namespace (read as jabber:client) or the component declares it again."""
+
+    async def go() -> None:
+        server = make_server(redis_client)
+        for decl in ("", f" xmlns='{NS_COMPONENT}'"):
+            link = Link(server)
+            link.open(MUC)
+            link.read()
+            assert link.header is not None
+            digest = handshake_digest(link.header.attrs["id"], SECRETS[MUC])
+            link.send(f"<handshake{decl}>{digest}</handshake>")
+            assert [el.tag for el in link.read()] == [QN_HANDSHAKE], decl
+            assert not link.closed
+        await settle(server)
+
+    run_async(go())
+
+
+def test_component_namespace_declared_on_elements(
+    redis_client: redis.asyncio.Redis, run_async: Run
+) -> None:
+    """A component may qualify a stanza, or an element inside one, with
+    jabber:component:accept itself (RFC 6120 §4.8.3): the client gets it all in jabber:client
+    (§4.8.5: with no prefix), like a stanza that inherits the stream's namespace."""
+
+    async def go() -> None:
+        server = make_server(redis_client)
+        alice = bind(server, "alice@localhost/res")
+        link = linked(server, MUC)
+        frm = f"from='room@{MUC}/n' to='alice@localhost/res' type='groupchat'"
+        link.send(
+            f"<message {frm} id='1'><body>a</body></message>"
+            f"<message xmlns='{NS_COMPONENT}' {frm} id='2'><body>b</body></message>"
+            f"<message {frm} id='3'><body xmlns='{NS_COMPONENT}'>c</body></message>"
+            f"<c:message xmlns:c='{NS_COMPONENT}' {frm} id='4'><c:body>d</c:body></c:message>"
+        )
+        await settle(server)
+        assert [m.get("id") for m in alice.sent] == ["1", "2", "3", "4"]
+        for msg, body in zip(alice.sent, "abcd", strict=True):
+            assert [(el.tag, el.prefix) for el in msg.iter()] == [
+                (qn(NS_CLIENT, "message"), None),
+                (qn(NS_CLIENT, "body"), None),
+            ]
+            assert msg.findtext(qn(NS_CLIENT, "body")) == body
+        await settle(server)
+
+    run_async(go())
+
+
 def test_component_addressing_errors(redis_client: redis.asyncio.Redis, run_async: Run) -> None:
     """A malformed 'to' is answered with jid-malformed on the link; an IQ without id is
     bad-request; a stanza without 'to' is improper-addressing; a non-stanza element is

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import random
 import tracemalloc
+from typing import Any
 
 import pytest
 from lxml import etree
 
 from core.xmpp.errors import StreamError
-from core.xmpp.ns import NS_CLIENT, NS_SERVER, NS_STREAMS, NS_XML, QN_STREAM
+from core.xmpp.ns import (
+    NS_CLIENT,
+    NS_COMPONENT,
+    NS_DIALBACK,
+    NS_SERVER,
+    NS_STREAMS,
+    NS_XML,
+    QN_STREAM,
+)
 from core.xmpp.parser import Event, StreamClose, StreamOpen, StreamParser
 
 HEADER = (
@@ -41,9 +50,9 @@ def feed_all(parser: StreamParser, chunks: list[bytes]) -> list[Event]:
     return events
 
 
-def parse(data: bytes, **limits: int) -> list[Event]:
+def parse(data: bytes, **options: Any) -> list[Event]:
     """Events of ``data`` fed in one go to a fresh parser."""
-    return StreamParser(**limits).feed(data)
+    return StreamParser(**options).feed(data)
 
 
 def stanzas(events: list[Event]) -> list[etree._Element]:
@@ -58,9 +67,9 @@ def summary(events: list[Event]) -> list[object]:
     ]
 
 
-def refused(data: bytes | list[bytes], **limits: int) -> str:
+def refused(data: bytes | list[bytes], **options: Any) -> str:
     """Feed ``data`` (one chunk or several) and return the stream error condition."""
-    parser = StreamParser(**limits)
+    parser = StreamParser(**options)
     chunks = [data] if isinstance(data, bytes) else data
     with pytest.raises(StreamError) as info:
         feed_all(parser, chunks)
@@ -492,3 +501,134 @@ def test_long_stream_memory_stays_flat() -> None:
     root = parser._root  # white-box: the tree the pull parser builds
     assert root is not None and len(root) == 0 and root.text is None
     assert grown < 64 * 1024
+
+
+# -- content namespace read as jabber:client (content_ns_map) ----------------------------
+
+MAP = {NS_COMPONENT: NS_CLIENT, NS_SERVER: NS_CLIENT}
+COMPONENT_HEADER = (
+    b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'"
+    b' xmlns = "jabber:component:accept" to=\'muc.example.com\' id="a>b">'
+)
+S2S_HEADER = (
+    b"<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback'"
+    b" xmlns:stream='http://etherx.jabber.org/streams' from='a.example' to='b.example'"
+    b" version='1.0'>"
+)
+MAPPED_STREAM = (
+    COMPONENT_HEADER
+    + b"<handshake>abc</handshake>"
+    + "<message to='ju\u00e9@example.com' type='groupchat'><body>h\u00e9llo</body>".encode()
+    + b"<x xmlns='urn:example:x' xmlns:p='urn:example:p' p:a='v'><y/><p:z/></x></message>"
+    + b"<iq xmlns='jabber:component:accept' type='get' id='1'><query xmlns='jabber:iq:version'/>"
+    + b"</iq><presence><status xmlns='jabber:component:accept'>away</status></presence>"
+    + b"<stream:features/></stream:stream>"
+)
+
+
+def test_content_ns_map_reads_stream_default_as_client() -> None:
+    """Unprefixed elements of a mapped stream come out in jabber:client, with no namespace
+    declaration but jabber:client's on the stanza; foreign payloads, stream-level elements
+    and elements the peer qualified itself keep their namespace; the header is reported as
+    sent."""
+    events = parse(MAPPED_STREAM, content_ns_map=MAP)
+    plain = parse(MAPPED_STREAM)
+    assert events[0] == plain[0]
+    assert isinstance(events[0], StreamOpen) and events[0].nsmap[None] == NS_COMPONENT
+    assert events[0].attrs == {"to": "muc.example.com", "id": "a>b"}
+    shake, msg, iq, pres, features = stanzas(events)
+    assert shake.tag == f"{{{NS_CLIENT}}}handshake" and shake.text == "abc"
+    assert [el.tag for el in msg.iter()] == [
+        f"{{{NS_CLIENT}}}message",
+        f"{{{NS_CLIENT}}}body",
+        "{urn:example:x}x",
+        "{urn:example:x}y",
+        "{urn:example:p}z",
+    ]
+    assert etree.tostring(msg).startswith(b'<message xmlns="jabber:client" to=')
+    assert iq.tag == f"{{{NS_COMPONENT}}}iq"
+    assert [el.tag for el in pres.iter()] == [
+        f"{{{NS_CLIENT}}}presence",
+        f"{{{NS_COMPONENT}}}status",
+    ]
+    assert features.tag == f"{{{NS_STREAMS}}}features"
+    assert isinstance(events[-1], StreamClose)
+    # Apart from the namespace, the same trees as without the mapping.
+    for mapped, sent in zip(stanzas(events), stanzas(plain), strict=True):
+        assert [(e.get("to"), e.text, e.keys()) for e in mapped.iter()] == [
+            (e.get("to"), e.text, e.keys()) for e in sent.iter()
+        ]
+
+
+def test_content_ns_map_survives_any_split() -> None:
+    """The header is held back until its start tag is complete: any split of the stream,
+    including inside a quoted '>' of the header, parses the same."""
+    expected = summary(parse(MAPPED_STREAM, content_ns_map=MAP))
+    chunks = [MAPPED_STREAM[i : i + 1] for i in range(len(MAPPED_STREAM))]
+    assert summary(feed_all(StreamParser(content_ns_map=MAP), chunks)) == expected
+    for cut in range(1, len(COMPONENT_HEADER) + 3):
+        parts = [MAPPED_STREAM[:cut], MAPPED_STREAM[cut:]]
+        assert summary(feed_all(StreamParser(content_ns_map=MAP), parts)) == expected, cut
+
+
+def test_content_ns_map_s2s_stream_and_restart() -> None:
+    """jabber:server read as jabber:client, dialback elements as sent; after a restart
+    (RFC 6120 §5.4.3.3) the new header is mapped again."""
+    parser = StreamParser(content_ns_map=MAP)
+    stream = S2S_HEADER + b"<db:result from='a.example' to='b.example'>k</db:result><message/>"
+    opened, result, msg = parser.feed(stream)
+    assert isinstance(opened, StreamOpen) and opened.nsmap == {
+        None: NS_SERVER,
+        "db": NS_DIALBACK,
+        "stream": NS_STREAMS,
+    }
+    assert isinstance(result, etree._Element) and result.tag == f"{{{NS_DIALBACK}}}result"
+    assert isinstance(msg, etree._Element) and msg.tag == f"{{{NS_CLIENT}}}message"
+    parser.reset()
+    opened, msg = parser.feed(S2S_HEADER + b"<presence/>")
+    assert isinstance(opened, StreamOpen) and opened.nsmap[None] == NS_SERVER
+    assert isinstance(msg, etree._Element) and msg.tag == f"{{{NS_CLIENT}}}presence"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        # Not a mapped namespace: read as sent.
+        HEADER,
+        # An unprefixed root: its name is reported in the namespace sent.
+        b"<stream xmlns='jabber:component:accept' to='x'>",
+        # A declaration written with a character reference, or declared twice: not rewritten.
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'"
+        b" xmlns='jabber&#58;component:accept' to='x'>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'"
+        b" xmlns='jabber:component:accept' xmlns='jabber:component:accept'>",
+        # Empty element, no default namespace, and a quoted xmlns= inside a value.
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'/>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'"
+        b" to=\" xmlns='jabber:server'\">",
+    ],
+)
+def test_content_ns_map_reports_headers_as_sent(header: bytes) -> None:
+    """Whatever the header, the mapping changes neither its StreamOpen nor whether and how
+    it is refused (RFC 6120 §4.8, §4.9.3)."""
+
+    def outcome(**kw: Any) -> object:
+        try:
+            events = StreamParser(**kw).feed(header + b"<presence/>")
+        except StreamError as e:
+            return e.condition
+        return [(e.tag, e.nsmap, e.attrs) if isinstance(e, StreamOpen) else type(e) for e in events]
+
+    assert outcome(content_ns_map=MAP) == outcome()
+
+
+def test_content_ns_map_keeps_header_limits() -> None:
+    """A header whose start tag never ends is refused at the header limit; restricted XML
+    in the prolog is refused as without the mapping."""
+    assert refused([COMPONENT_HEADER[:40]] + [b" " * 1000] * 10, content_ns_map=MAP) == (
+        "policy-violation"
+    )
+    big = COMPONENT_HEADER[:-1] + b" x='" + b"y" * 10000 + b"'>"
+    assert refused(big, content_ns_map=MAP) == "policy-violation"
+    assert refused(b"<!DOCTYPE x>" + COMPONENT_HEADER, content_ns_map=MAP) == "restricted-xml"
+    assert refused(COMPONENT_HEADER[:-1] + b" a='<'>", content_ns_map=MAP) == "not-well-formed"

@@ -134,6 +134,26 @@ def test_stanza_addressing(tmp_path: Path, stanza: str, condition: str) -> None:
     assert stream_error(wire.send(stanza)) == condition
 
 
+def test_stanzas_in_jabber_server_reach_the_router_in_jabber_client(tmp_path: Path) -> None:
+    """RFC 6120 §4.8.3: stanzas that inherit jabber:server from the header, stanzas and
+    elements the peer qualifies with jabber:server itself, and (taken as the same stanzas)
+    ones it qualifies with jabber:client all reach the router wholly in jabber:client."""
+    wire = Wire(tmp_path)
+    wire.open()
+    wire.authenticate(A)
+    addr = f"from='alice@{A}/r' to='bob@{B}'"
+    out = wire.send(
+        f"<message {addr}><body>a</body></message>"
+        f"<message xmlns='{NS_SERVER}' {addr}><body>b</body></message>"
+        f"<message {addr}><body xmlns='{NS_SERVER}'>c</body></message>"
+        f"<message xmlns='{NS_CLIENT}' {addr}><body>d</body></message>"
+    )
+    assert out == []
+    assert bodies(wire.node) == ["a", "b", "c", "d"]
+    for stanza, *_ in wire.node.router.routed:
+        assert {el.tag for el in stanza.iter()} == {qn(NS_CLIENT, "message"), qn(NS_CLIENT, "body")}
+
+
 def test_dialback_answers_and_errors(tmp_path: Path) -> None:
     """db:verify is answered for our keys; requests for domains we do not serve get
     item-not-found; an invalid verification closes the stream; answers on an incoming

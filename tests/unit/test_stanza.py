@@ -25,6 +25,12 @@ C = f"xmlns='{NS_CLIENT}'"
 ERR = f"xmlns='{NS_STANZAS}'"
 
 
+def on_stream(data: bytes, ns: str) -> etree._Element:
+    """The stanza ``data`` as the peer of a stream whose content namespace is ``ns`` reads it,
+    without mapping that namespace."""
+    return etree.fromstring(b"<w xmlns='" + ns.encode() + b"'>" + data + b"</w>")[0]
+
+
 def parsed(stanza: str, ns: str = NS_CLIENT) -> etree._Element:
     """A stanza as the stream parser delivers it (declarations inherited from the header)."""
     header = (
@@ -170,9 +176,12 @@ def test_serialize_leaves_out_a_tail() -> None:
 @pytest.mark.parametrize("ns", [NS_SERVER, NS_COMPONENT])
 def test_serialize_moves_to_other_content_namespace(ns: str) -> None:
     """§4.8.3: on a jabber:server or component stream the stanza and its client-namespace
-    children are in that stream's namespace; foreign payloads keep theirs."""
+    children are in that stream's namespace, which they inherit from the stream header (no
+    declaration of their own); foreign payloads keep theirs."""
     stanza = parsed("<message to='b@x.org'><body>hi</body><x xmlns='urn:x'><y/></x></message>")
-    moved = xml(serialize(stanza, ns))
+    data = serialize(stanza, ns)
+    assert data.startswith(b"<message to=") and b"jabber:" not in data
+    moved = on_stream(data, ns)
     assert_xml(
         moved,
         f"<message xmlns='{ns}' to='b@x.org'><body>hi</body><x xmlns='urn:x'><y/></x></message>",
@@ -194,10 +203,79 @@ def test_to_client_ns_round_trip(ns: str) -> None:
     assert inside.find(f"{{{NS_CLIENT}}}error") is not None
     assert inside.find("{urn:q}query/{urn:q}item").text == "t"  # type: ignore[union-attr]
     assert inside.get("{http://www.w3.org/XML/1998/namespace}lang") == "en"
-    assert_xml(xml(serialize(inside, ns)), original)
+    assert_xml(on_stream(serialize(inside, ns), ns), original)
 
 
 def test_to_client_ns_is_identity_for_client_stanzas() -> None:
     """Client stanzas are used as they are."""
     stanza = parsed("<presence/>")
     assert to_client_ns(stanza, NS_CLIENT) is stanza
+
+
+def mapped(stanza: str, ns: str) -> etree._Element:
+    """A stanza of a ``ns`` stream as the parser of a server or component stream delivers it,
+    with the stream's namespace read as jabber:client."""
+    header = (
+        f"<stream:stream xmlns='{ns}' xmlns:stream='http://etherx.jabber.org/streams' "
+        "version='1.0'>"
+    )
+    parser = StreamParser(content_ns_map={ns: NS_CLIENT})
+    return parser.feed((header + stanza).encode())[1]
+
+
+@pytest.mark.parametrize("ns", [NS_SERVER, NS_COMPONENT])
+def test_to_client_ns_keeps_stanzas_read_as_client(ns: str) -> None:
+    """A stanza the parser already read in jabber:client is used as it is, no copy, and
+    serialises with the one declaration of jabber:client (RFC 6120 §4.8.3, §4.8.5)."""
+    stanza = mapped(
+        "<message to='b@x.org' type='groupchat'><body>hi</body>"
+        "<x xmlns='urn:x'><y/></x><p:z xmlns:p='urn:p'><w/></p:z></message>",
+        ns,
+    )
+    assert to_client_ns(stanza, ns) is stanza
+    assert serialize(stanza) == (
+        b'<message xmlns="jabber:client" to="b@x.org" type="groupchat"><body>hi</body>'
+        b'<x xmlns="urn:x"><y/></x><p:z xmlns:p="urn:p"><w/></p:z></message>'
+    )
+    assert serialize(stanza, ns).startswith(b'<message to="b@x.org" type="groupchat">')
+
+
+@pytest.mark.parametrize("ns", [NS_SERVER, NS_COMPONENT])
+def test_to_client_ns_moves_what_the_peer_qualified_itself(ns: str) -> None:
+    """§4.8.3: the peer may declare the stream's namespace again on a stanza or on an element
+    inside one; such elements move to jabber:client too, foreign payloads stay as they are."""
+    whole = mapped(f"<iq xmlns='{ns}' type='get' id='1'><query xmlns='urn:q'/></iq>", ns)
+    inner = mapped(
+        f"<message to='b@x.org'><body xmlns='{ns}'>hi</body><x xmlns='urn:x'/>"
+        f"<s:thread xmlns:s='{ns}'>t</s:thread></message>",
+        ns,
+    )
+    for stanza, expected in [
+        (whole, "<iq xmlns='jabber:client' type='get' id='1'><query xmlns='urn:q'/></iq>"),
+        (
+            inner,
+            "<message xmlns='jabber:client' to='b@x.org'><body>hi</body><x xmlns='urn:x'/>"
+            "<thread>t</thread></message>",
+        ),
+    ]:
+        moved = to_client_ns(stanza, ns)
+        assert moved is not stanza
+        assert_xml(xml(serialize(moved)), expected)
+        assert b"jabber:server" not in serialize(moved)
+        assert b"jabber:component" not in serialize(moved)
+
+
+@pytest.mark.parametrize("ns", [NS_SERVER, NS_COMPONENT])
+def test_what_serialize_writes_is_read_back_without_a_copy(ns: str) -> None:
+    """A stanza serialised for a server or component stream is read by the parser at the
+    other end straight into jabber:client: to_client_ns has nothing left to move."""
+    stanza = parsed(
+        "<message to='b@x.org' type='groupchat' id='1'><body>hi</body>"
+        "<x xmlns='urn:x'><item/></x></message>"
+    )
+    header = f"<stream:stream xmlns='{ns}' xmlns:stream='http://etherx.jabber.org/streams'>"
+    parser = StreamParser(content_ns_map={ns: NS_CLIENT})
+    _, received = parser.feed(header.encode() + serialize(stanza, ns))
+    assert isinstance(received, etree._Element)
+    assert to_client_ns(received, ns) is received
+    assert serialize(received) == serialize(stanza)
