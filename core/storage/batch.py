@@ -9,7 +9,9 @@ one per store.
 Batches started in the same turn of the event loop also share one pipeline: under a burst of
 logins, fifty logins' reads go to Redis as one MULTI/EXEC. What a pipeline costs in the client
 (checking out a connection, the write, reading the replies) is then paid once per turn, not
-once per login, which is where a busy node's CPU went.
+once per login, which is where a busy node's CPU went. At most two pipelines are out at once:
+what comes meanwhile waits for one of them and goes with the rest, so the busier the node,
+the larger and fewer its pipelines.
 
 Every pipeline is one MULTI/EXEC transaction: each store sees its keys as of one instant, as
 its own ``load`` (also a transaction) would. A command that fails fails only the batch that
@@ -31,6 +33,10 @@ Done = Callable[[list[Any]], None]
 
 # Batches sent in one pipeline at most; more wait for the next turn.
 MAX_BATCHES_PER_PIPELINE = 256
+# Pipelines out at once; batches started meanwhile wait and go together when one returns.
+# Under load this makes pipelines larger (fewer, so less client CPU per batch); when idle a
+# batch goes at once.
+MAX_PIPELINES_IN_FLIGHT = 2
 
 
 class Batch:
@@ -95,12 +101,19 @@ class _Sender:
 
     def _flush(self) -> None:
         self._scheduled = False
-        while self._waiting:
+        while self._waiting and len(self._running) < MAX_PIPELINES_IN_FLIGHT:
             chunk = self._waiting[:MAX_BATCHES_PER_PIPELINE]
             del self._waiting[:MAX_BATCHES_PER_PIPELINE]
             task = asyncio.ensure_future(self._execute(chunk))
             self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Future[None]) -> None:
+        self._running.discard(task)
+        # What arrived while the pipelines were out goes now, together.
+        if self._waiting and not self._scheduled and self._loop is not None:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
 
     async def _execute(self, chunk: list[tuple[Batch, asyncio.Future[None]]]) -> None:
         pipe = self._redis.pipeline(transaction=True)

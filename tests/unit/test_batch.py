@@ -83,6 +83,40 @@ def test_batches_of_one_turn_share_one_pipeline(redis_url: str, run_async: Run) 
     assert results == [str(i).encode() for i in range(50)]
 
 
+def test_batches_wait_while_pipelines_are_out(redis_url: str, run_async: Run) -> None:
+    """Batches started on twenty successive turns go in fewer pipelines than turns: while
+    MAX_PIPELINES_IN_FLIGHT are out, new batches wait and go together; all get their replies."""
+
+    async def scenario() -> tuple[int, list[Any]]:
+        client = connect(redis_url)
+        made: list[Any] = []
+        pipeline = client.pipeline
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            made.append(pipeline(*args, **kwargs))
+            return made[-1]
+
+        client.pipeline = counted  # type: ignore[method-assign]
+        results: list[Any] = [None] * 100
+
+        async def one(i: int) -> None:
+            batch = Batch(client)
+            batch.add(lambda p: p.incr(f"n{i}"), lambda r: results.__setitem__(i, r[0]))
+            await batch.run()
+
+        tasks = []
+        for turn in range(20):
+            tasks += [asyncio.ensure_future(one(turn * 5 + k)) for k in range(5)]
+            await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+        await client.aclose()
+        return len(made), results
+
+    pipelines, results = run_async(scenario())
+    assert results == [1] * 100
+    assert pipelines < 20
+
+
 def test_a_failing_command_fails_only_its_batch(redis_url: str, run_async: Run) -> None:
     """A command that errors (WRONGTYPE) raises in its own batch; a batch sent in the same
     pipeline still gets its replies."""
