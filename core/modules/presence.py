@@ -16,7 +16,8 @@ Contacts that come online together: the presence of each reaches the other eithe
 initial broadcast (§4.2.2) or as the answer to the other's probe (§4.3.2), never both and never
 neither. Each session that sends initial presence gets a sequence number (``SINCE``, taken before
 any await), and both paths decide by it, not by what is available when a stanza happens to be
-delivered (see ``_wants_initial`` and ``_probe``).
+delivered (see ``_wants_initial`` and ``_probe``). What answering the probes reads from Redis
+is read ahead, or once per contact (core/modules/presence_ahead.py).
 """
 
 from __future__ import annotations
@@ -33,10 +34,16 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from core.modules import subscription
+from core.modules.presence_ahead import (
+    BoundLast,
+    Offline,
+    has_available,
+    is_local_account,
+    read_ahead,
+    roster_item,
+)
 from core.modules.subscription import SUBSCRIPTION_TYPES, route
-from core.storage import keys
-from core.storage.last import LastActivityStore, LastPresence
-from core.storage.roster import RosterItem
+from core.storage.last import LastActivityStore
 from core.xmpp.errors import StanzaError
 from core.xmpp.jid import JID, parse_jid
 from core.xmpp.module import Module
@@ -105,17 +112,6 @@ class Sent:
     offline: dict[str, Offline] | None = None  # for "probe": read ahead, by contact
 
 
-@dataclass(frozen=True, slots=True)
-class Offline:
-    """What answering a probe to a local account with no session here reads from Redis
-    (§4.3.2), read ahead for a whole roster at once: whether the account exists, its roster
-    item for the prober and its last unavailable presence."""
-
-    exists: bool
-    item: RosterItem | None
-    last: LastPresence | None
-
-
 def _since(session: Any) -> int | None:
     data = getattr(session, "data", None)
     return data.get(SINCE) if isinstance(data, dict) else None
@@ -127,18 +123,13 @@ def _after(session: Any, since: int | None) -> bool:
     return mine is not None and since is not None and mine > since
 
 
-def _last_presence(raw: dict[bytes, bytes]) -> LastPresence | None:
-    """A last-activity hash as read by HGETALL (the layout of storage/last.py)."""
-    if not raw or b"time" not in raw:
-        return None
-    try:
-        return LastPresence(float(raw[b"time"]), raw.get(b"presence"))
-    except ValueError:
-        return None
+# A presence without attributes, copied for each probe: cheaper than building the element.
+_BLANK = make("presence")
 
 
 def _addressed(stanza: Element, to: str, frm: str | None = None) -> Element:
-    out = copy.deepcopy(stanza)
+    # lxml's __copy__ copies the whole subtree, as deepcopy does, without its memo.
+    out = stanza.__copy__()
     out.set("to", to)
     if frm is not None:
         out.set("from", frm)
@@ -151,6 +142,7 @@ class PresenceService:
     def __init__(self, server: CoreServer) -> None:
         self.server = server
         self.last = LastActivityStore(server.redis)
+        self.bound_last = BoundLast(server)
         # Per account online here: the full JIDs whose available presence its resources
         # were last given (broadcasts and probe answers to the bare JID), so that a privacy
         # list that starts blocking one of them can make it go offline (XEP-0016 §2.10).
@@ -251,13 +243,14 @@ class PresenceService:
             # Taken with the availability, before any await: the order of the two between
             # sessions decides which path carries presence between them (``_wants_initial``).
             since = session.data[SINCE] = next(self._sequence)
+            self.bound_last.forget(session.bare)
         bare = session.bare
         roster = await self.server.rosters.get(bare)
         # §4.2.2, §4.4.2: to every contact with a subscription to the account, and to every
         # available resource of the account, the sending one included.
         mark = Sent("initial", session, since, kept) if since is not None else None
         for item in list(roster.items.values()):
-            if item.subscription in SUBSCRIBED_FROM:
+            if item.subscription in SUBSCRIBED_FROM and not self._ignored(item.jid):
                 await self._route_to(kept, session.jid, item.jid, mark)
         for other in self.server.router.available_sessions(bare):
             # A resource that became available after this one gets its presence from its own
@@ -274,10 +267,18 @@ class PresenceService:
                 session.send(_addressed(other.presence, session.full, other.full))
         # ...and its contacts' presence, through a probe from the bare JID (§4.3.1).
         probed = [item.jid for item in roster.items.values() if item.subscription in SUBSCRIBED_TO]
-        mark = Sent("probe", session, since, offline=await self._read_offline(bare, probed))
+        mark = Sent("probe", session, since, offline=await read_ahead(self.server, bare, probed))
+        prober = session.jid.bare
         for jid in probed:
-            probe = make("presence", type="probe", frm=bare, to=jid)
-            await self._route_to(probe, parse_jid(bare), jid, mark)
+            try:
+                target = parse_jid(jid)
+            except ValueError:
+                continue
+            probe = _BLANK.__copy__()
+            probe.set("to", jid)
+            probe.set("from", bare)
+            probe.set("type", "probe")
+            await self._route_marked(probe, prober, target, mark)
         # §3.1.3: subscription requests not yet answered are delivered at each login.
         for raw in list(roster.pending.values()):
             try:
@@ -309,7 +310,8 @@ class PresenceService:
             for item in list(roster.items.values()):
                 if item.subscription in SUBSCRIBED_FROM:
                     sent.add(item.jid)
-                    await self._route_to(stanza, session.jid, item.jid)
+                    if not self._ignored(item.jid):
+                        await self._route_to(stanza, session.jid, item.jid)
             for other in self.server.router.available_sessions(bare):
                 other.send(_addressed(stanza, other.full))
             if self.server.router.session(session.jid) is session:
@@ -336,6 +338,14 @@ class PresenceService:
             if other.presence is not None:
                 session.send(_addressed(other.presence, session.full, other.full))
 
+    def _ignored(self, contact: str) -> bool:
+        """Whether presence broadcast to the bare JID ``contact`` would reach nobody: a local
+        account with no available resource here ignores it (§8.5.2.2.2). Not routed then: no
+        copy, no privacy check (which may read an offline account's lists from Redis). A
+        contact that becomes available later gets the presence from its own probe (§4.3.2),
+        as it would have had the broadcast been routed (``_wants_initial``)."""
+        return is_local_account(self.server, contact) and not has_available(self.server, contact)
+
     async def _route_to(
         self, stanza: Element, sender: JID, to: str, mark: Sent | None = None
     ) -> None:
@@ -361,6 +371,8 @@ class PresenceService:
         """§4.6.3, RFC 6120 §4.4: a session that ends without saying so goes unavailable."""
         if not self.server.router.available_sessions(session.bare):
             self.heard.pop(session.bare, None)
+        if not self.server.router.resources(session.bare):
+            self.bound_last.forget(session.bare)
         replacement = self.server.router.session(session.jid)
         if replacement is not None and replacement.available:
             # The full JID lives on in a new session that announced itself; an unavailable
@@ -381,6 +393,7 @@ class PresenceService:
     async def record_last(self, bare: str, stanza: Element) -> None:
         """XEP-0012, §4.3.2: when the account went unavailable, and how."""
         await self.last.record(bare, time.time(), etree.tostring(stanza))
+        self.bound_last.forget(bare)
 
     # Addressed to a local account (§4.3, §8.5.2.1.2, §8.5.3) ---------------------------
 
@@ -510,46 +523,15 @@ class PresenceService:
             return
         await subscription.inbound(self.server, stanza, sender.bare, to)
 
-    async def _read_offline(self, prober: str, contacts: list[str]) -> dict[str, Offline]:
-        """For the local accounts among ``contacts`` that have no session here, what
-        ``_probe`` would read from Redis for each, in one round trip for all of them."""
-        router, domain = self.server.router, self.server.domain
-        wanted = [c for c in contacts if c.partition("@")[2] == domain and not router.resources(c)]
-        if not wanted:
-            return {}
-        pipe = self.server.redis.pipeline(transaction=False)
-        for c in wanted:
-            pipe.exists(keys.account(c))
-            pipe.hget(keys.roster(c), prober)
-            pipe.hgetall(keys.last_activity(c))
-        try:
-            replies = await pipe.execute()
-        except Exception:
-            log.exception("reading ahead for the probes of %s failed", prober)
-            return {}  # each probe reads for itself
-        out: dict[str, Offline] = {}
-        for i, c in enumerate(wanted):
-            exists, raw_item, raw_last = replies[3 * i : 3 * i + 3]
-            item = RosterItem.from_json(prober, raw_item) if raw_item else None
-            out[c] = Offline(bool(exists), item, _last_presence(raw_last))
-        return out
-
     async def _probe(self, sender: JID, to: JID, initial: Sent | None = None) -> None:
         """§4.3.2: answer a probe with the presence of each available resource, or with the
         last unavailable presence, but only to those allowed to see it. ``initial``: the
         probe of a local session's initial presence, perhaps with what to answer read ahead
-        (used while the account still has no session here)."""
+        (used while the account still has no available resource here)."""
         bare = str(to)
         ahead = initial.offline.get(bare) if initial is not None and initial.offline else None
-        if ahead is not None and self.server.router.resources(bare):
-            ahead = None
-        exists = ahead.exists if ahead is not None else await self.server.account_exists(to)
         if sender.bare != to:
-            if ahead is not None:
-                item = ahead.item
-            else:
-                roster = await self.server.rosters.get(bare) if exists else None
-                item = roster.items.get(str(sender.bare)) if roster is not None else None
+            item = await roster_item(self.server, to, str(sender.bare), ahead)
             if item is None or item.subscription not in SUBSCRIBED_FROM:
                 # Not authorised, or no such account (§8.5.1 allows either answer): the same
                 # 'unsubscribed', so the answer reveals neither presence nor the account;
@@ -574,7 +556,12 @@ class PresenceService:
             await self._route_marked(answer, s.jid, sender, mark)
         if available:
             return
-        last = ahead.last if ahead is not None else await self.last.get(bare)
+        if ahead is not None:
+            last = ahead.last
+        elif self.server.router.resources(bare):
+            last = await self.bound_last.get(bare)
+        else:
+            last = await self.last.get(bare)
         if last is None or not last.presence:
             return
         try:

@@ -89,6 +89,22 @@ def item_element(item: RosterItem) -> Element:
     return el
 
 
+def append_item(query: Element, item: RosterItem) -> None:
+    """The <item/> of ``item`` (§2.1.2) as a child of a roster ``query``, built in place and
+    in one call: a roster result holds every item, and building each apart costs twice."""
+    attrib = {"jid": item.jid}
+    if item.name is not None:
+        attrib["name"] = item.name
+    attrib["subscription"] = item.subscription
+    if item.ask:
+        attrib["ask"] = "subscribe"
+    if item.approved:
+        attrib["approved"] = "true"
+    el = etree.SubElement(query, QN_ITEM, attrib)
+    for group in item.groups:
+        etree.SubElement(el, QN_GROUP).text = group
+
+
 def removed_element(jid: str) -> Element:
     """The <item/> of a roster push that removes ``jid`` (§2.5.2)."""
     el = etree.Element(QN_ITEM, nsmap={None: NS_ROSTER})
@@ -344,7 +360,7 @@ async def roster_get(ctx: IqContext) -> Element | None:
     if ver is not None:
         query.set("ver", roster.version)
     for item in roster.items.values():
-        query.append(item_element(item))
+        append_item(query, item)
     return query
 
 

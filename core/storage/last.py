@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis.asyncio
+from redis.asyncio.client import Pipeline
 
 from core.storage import keys
 
@@ -33,11 +34,22 @@ class LastActivityStore:
         )
 
     async def get(self, bare: str) -> LastPresence | None:
-        raw = await self._redis.hgetall(keys.last_activity(bare))
-        if not raw or b"time" not in raw:
-            return None
-        try:
-            when = float(raw[b"time"])
-        except ValueError:
-            return None
-        return LastPresence(when, raw.get(b"presence"))
+        return parse_last(await self._redis.hgetall(keys.last_activity(bare)))
+
+    @staticmethod
+    def queue_get(pipe: Pipeline, bare: str) -> None:
+        """Queue the read of ``get`` on a pipeline (``core.storage.batch``); its one reply
+        goes to ``parse_last``."""
+        pipe.hgetall(keys.last_activity(bare))
+
+
+def parse_last(raw: dict[bytes, bytes] | None) -> LastPresence | None:
+    """The record from a last-activity hash as HGETALL returns it; None when there is none
+    (or it is unreadable)."""
+    if not raw or b"time" not in raw:
+        return None
+    try:
+        when = float(raw[b"time"])
+    except ValueError:
+        return None
+    return LastPresence(when, raw.get(b"presence"))
