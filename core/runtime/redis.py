@@ -7,6 +7,7 @@ binary values (salts, keys, serialized stanzas) pass through untouched.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from urllib.parse import urlsplit, urlunsplit
 
@@ -38,7 +39,24 @@ def connect(url: str) -> redis.asyncio.Redis:
         max_connections=MAX_CONNECTIONS,
         decode_responses=False,
         socket_connect_timeout=CONNECT_TIMEOUT,
+        **_NO_CLIENT_SETINFO,
     )
+
+
+def _no_client_setinfo() -> dict[str, None]:
+    """Keyword arguments that turn off CLIENT SETINFO on each new connection.
+
+    redis-py names itself to the server on every connection it opens, and finds its own
+    version from the installed package's metadata each time: 0.85 of the 1.26 ms of CPU a
+    new connection cost (measured with 300 at once), and a burst opens hundreds of them.
+    Newer redis-py takes ``driver_info=None`` for this, older ``lib_name``/``lib_version``."""
+    params = inspect.signature(redis.asyncio.Redis.__init__).parameters
+    if "driver_info" in params:
+        return {"driver_info": None}
+    return {"lib_name": None, "lib_version": None}
+
+
+_NO_CLIENT_SETINFO = _no_client_setinfo()
 
 
 def redact_url(url: str) -> str:

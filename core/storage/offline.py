@@ -9,8 +9,10 @@ the list in one transaction: a message is handed out once.
 from __future__ import annotations
 
 import redis.asyncio
+from redis.asyncio.client import Pipeline
 
 from core.storage import keys
+from core.storage.batch import Batch
 
 # KEYS[1] the list, ARGV[1] the stanza, ARGV[2] the cap: append unless full; 1 if appended.
 _PUSH_CAPPED = """
@@ -35,11 +37,19 @@ class OfflineStore:
 
     async def take(self, bare: str) -> list[bytes]:
         """Every stored message, oldest first, removed from storage in the same step."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.lrange(keys.offline(bare), 0, -1)
-            pipe.delete(keys.offline(bare))
-            stored, _ = await pipe.execute()
-        return list(stored)
+        key = keys.offline(bare)
+        stored: list[bytes] = []
+
+        def queue(pipe: Pipeline) -> None:
+            pipe.lrange(key, 0, -1)
+            pipe.delete(key)
+
+        # A batch is one MULTI/EXEC, shared with the other batches of this turn: a burst of
+        # initial presences takes everyone's messages in one round trip.
+        batch = Batch(self._redis)
+        batch.add(queue, lambda replies: stored.extend(replies[0]))
+        await batch.run()
+        return stored
 
     async def count(self, bare: str) -> int:
         return int(await self._redis.llen(keys.offline(bare)))

@@ -152,3 +152,24 @@ def test_an_empty_batch_sends_nothing(redis_url: str, run_async: Run) -> None:
         return len([k for k in stats if k not in ("cmdstat_config", "cmdstat_info")])
 
     assert run_async(scenario()) == 0
+
+
+def test_connections_do_not_name_the_client(redis_url: str, run_async: Run) -> None:
+    """connect() turns off CLIENT SETINFO (costly per new connection): a new connection
+    sends the two CLIENT SETINFO commands of redis-py's default no more."""
+    import redis.asyncio
+
+    async def client_calls(make: Callable[[str], Any]) -> int:
+        admin = redis.asyncio.Redis.from_url(redis_url, driver_info=None)
+        await admin.config_resetstat()
+        client = make(redis_url)
+        await client.ping()
+        stats = await admin.info("commandstats")
+        await client.aclose()
+        await admin.aclose()
+        return int(stats.get("cmdstat_client", {}).get("calls", 0))
+
+    ours = run_async(client_calls(connect))
+    default = run_async(client_calls(redis.asyncio.Redis.from_url))
+    # redis-py's default sends CLIENT SETINFO twice (library name and version).
+    assert default - ours == 2, (default, ours)
