@@ -51,7 +51,7 @@ from core.xmpp.stanza import (
     serialize,
 )
 from core.xmpp.stream_header import STREAM_CLOSE, check_header, header_bytes
-from core.xmpp.xmlstream import OrderedXmlStream, peer_address
+from core.xmpp.xmlstream import HELD, OrderedXmlStream, peer_address
 
 if TYPE_CHECKING:
     from core.server import CoreServer
@@ -238,12 +238,19 @@ class C2SStream(OrderedXmlStream):
 
     def write(self, data: bytes) -> None:
         if self.stage != CLOSED:
+            HELD.flush(self.transport)  # stanzas held for this client go first
             write_now(self.transport, data)
 
     def send(self, stanza: Element) -> None:
-        """Send a stanza to the client (router.Session)."""
+        """Send a stanza to the client (router.Session). While a component's read is being
+        processed the bytes are held, so that all it carries for this client leave in one
+        write (``core.xmpp.xmlstream.WriteHold``)."""
         if self.stage == BOUND and not self._closing:
-            write_now(self.transport, serialize(stanza))
+            HELD.write(self.transport, serialize(stanza), write_now)
+
+    def close_with(self, error: StreamError) -> None:
+        HELD.flush(self.transport)  # what was sent before the error goes before it
+        super().close_with(error)
 
     def _refuse(self, stanza: Element, error: StanzaError, *, from_server: bool = False) -> None:
         """Answer a stanza of the client with ``error``, unless it is an error or a result
@@ -268,6 +275,7 @@ class C2SStream(OrderedXmlStream):
         self._closing = True
         if self._lost:
             return  # the connection is already gone: nothing to send, nothing to close
+        HELD.flush(self.transport)
         self.transport.write(STREAM_CLOSE)
         half_close = getattr(self.transport, "loseWriteConnection", None)
         if self.tls_active or half_close is None:

@@ -21,7 +21,12 @@ Content namespace: the stream is parsed with jabber:component:accept read as jab
 (core.xmpp.parser), so that what the component sends is routed as parsed, with no per-stanza
 copy; elements the component qualifies with jabber:component:accept itself are moved by
 ``to_client_ns``. The ``<handshake/>`` is then read as jabber:client too, unless the component
-declared jabber:component:accept on it.
+declared jabber:component:accept on it. Only stanzas from reads whose bytes may declare that
+namespace (its name, or a character reference) are walked for such elements, and every stanza
+once the header binds a prefix to it or the handshake comes in it.
+
+Writes: the stanzas of one read (a groupchat message fans out to every occupant, XEP-0045 §7.4)
+reach each client in one write, through ``core.xmpp.xmlstream.HELD``.
 
 Limits are those of client streams: restricted XML and the parser limits of core.xmpp.parser,
 with ``component_listener.max_stanza_size``. Writes to a component that does not read are
@@ -50,7 +55,7 @@ from core.xmpp.ns import NS_CLIENT, NS_COMPONENT, QN_IQ, QN_MESSAGE, QN_PRESENCE
 from core.xmpp.parser import StreamClose, StreamOpen, StreamParser
 from core.xmpp.stanza import error_reply, new_id, serialize, to_client_ns
 from core.xmpp.stream_header import STREAM_CLOSE, check_header, header_bytes
-from core.xmpp.xmlstream import OrderedXmlStream, peer_address
+from core.xmpp.xmlstream import HELD, OrderedXmlStream, peer_address
 
 if TYPE_CHECKING:
     from core.server import CoreServer
@@ -66,6 +71,16 @@ CONTENT_NS_MAP = {NS_COMPONENT: NS_CLIENT}
 HEADER, HANDSHAKE, LINKED, CLOSED = range(4)
 # Stanzas parsed but waiting for an earlier one of the same link; past this, stop reading.
 BACKLOG_PAUSE = 256
+_STANZA_TAGS = frozenset({QN_MESSAGE, QN_PRESENCE, QN_IQ})
+# Normalised senders kept per link: a MUC service sends from the same occupant JIDs over and
+# over. Past this many the cache starts afresh (parse_jid has its own cache behind it).
+SENDER_CACHE = 4096
+# An element can be in jabber:component:accept (other than through the header's declaration,
+# which the parser rewrites) only where the bytes name that namespace in a declaration,
+# literally or through character references (RFC 6120 §11.1 allows no other entities).
+_COMPONENT_NS_BYTES = NS_COMPONENT.encode()
+_CHAR_REF = b"&#"
+_PROBE = len(_COMPONENT_NS_BYTES) - 1
 
 
 @implementer(IPushProducer)
@@ -99,6 +114,16 @@ class ComponentStream(OrderedXmlStream):
         self._busy = False
         self._congested = False
         self._unread = 0  # bytes written since the component stopped reading
+        # 'from' as sent -> the sender it names (checked to be within the domain), and as
+        # it is written on the stanza.
+        self._senders: dict[str | None, tuple[JID, str]] = {}
+        # Whether stanzas may hold elements the component qualified with
+        # jabber:component:accept (see dataReceived): until a read without such a
+        # declaration completes a stanza; for good when the header or handshake uses it.
+        self._ns_watch = True
+        self._ns_always = False
+        self._ns_now = False  # the stanzas being handled come from such a read
+        self._tail = b""  # the end of the previous read, for a declaration cut in two
 
     # Connection ------------------------------------------------------------------------
 
@@ -151,27 +176,72 @@ class ComponentStream(OrderedXmlStream):
     # Input -----------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        for ev in self._events(data):
-            if self._busy:
-                self._backlog.append(ev)
-                if len(self._backlog) > BACKLOG_PAUSE:
-                    self.transport.pauseProducing()
-                continue
-            self._handle_event(ev)
-            if self._closing or self.stage == CLOSED:
-                return
+        marked = self._names_component_ns(data)
+        events = self._events(data)
+        if not events:
+            return
+        watch = self._ns_watch or self._ns_always
+        self._ns_now = watch
+        # The stanzas of one read go out to their clients with one write each (WriteHold).
+        HELD.hold()
+        try:
+            for ev in events:
+                if self._busy:
+                    if watch and isinstance(ev, etree._Element):
+                        ev = _client(ev)
+                    self._backlog.append(ev)
+                    if len(self._backlog) > BACKLOG_PAUSE:
+                        self.transport.pauseProducing()
+                    continue
+                self._handle_event(ev)
+                if self._closing or self.stage == CLOSED:
+                    return
+        finally:
+            self._ns_now = False
+            HELD.release()
+        if watch and not marked and self.stage == LINKED:
+            # A stanza ended in a read that declares no jabber:component:accept: those that
+            # follow it are parsed from later reads only.
+            if any(isinstance(ev, etree._Element) for ev in events):
+                self._ns_watch = False
+
+    def _names_component_ns(self, data: bytes) -> bool:
+        """Whether ``data`` (with the end of the previous read) may declare
+        jabber:component:accept on an element; marks the stream to be watched if so."""
+        tail = self._tail
+        self._tail = data[-_PROBE:] if len(data) >= _PROBE else (tail + data)[-_PROBE:]
+        joint = tail + data[:_PROBE]
+        if _COMPONENT_NS_BYTES in data or _COMPONENT_NS_BYTES in joint or _CHAR_REF in joint:
+            self._ns_watch = True
+            return True
+        # bytes.find of one byte is a memchr; of two bytes it is many times slower.
+        amp = data.find(b"&")
+        while amp >= 0:
+            if data[amp + 1 : amp + 2] == b"#":
+                self._ns_watch = True
+                return True
+            amp = data.find(b"&", amp + 1)
+        return False
+
+    def _drain(self) -> None:
+        # Stanzas that waited for an earlier one: their writes are held the same way.
+        HELD.hold()
+        try:
+            super()._drain()
+        finally:
+            HELD.release()
 
     def _handle_event(self, ev: Any) -> None:
         try:
-            if isinstance(ev, StreamOpen):
+            if self.stage == LINKED and isinstance(ev, etree._Element):
+                pending = self._stanza(ev)
+                if pending is not None:
+                    self._run_async(pending, ev)
+            elif isinstance(ev, StreamOpen):
                 self._stream_open(ev)
             elif isinstance(ev, StreamClose):
                 self.close_reason = "closed by the component"
                 self.close()
-            elif self.stage == LINKED:
-                pending = self._stanza(ev)
-                if pending is not None:
-                    self._run_async(pending, ev)
             elif self.stage == HANDSHAKE:
                 self._handshake(ev)
             else:
@@ -217,6 +287,9 @@ class ComponentStream(OrderedXmlStream):
         self.domain = route.domain
         self.instance = self._instance_of(ev.attrs.get("from"))
         self.stage = HANDSHAKE
+        if any(p is not None and ns == NS_COMPONENT for p, ns in ev.nsmap.items()):
+            # A prefix bound to jabber:component:accept in the header reaches every stanza.
+            self._ns_always = True
 
     def _instance_of(self, frm: str | None) -> str:
         if frm:
@@ -240,6 +313,10 @@ class ComponentStream(OrderedXmlStream):
     def _handshake(self, el: Element) -> None:
         if el.tag not in _HANDSHAKE:
             raise StreamError("not-authorized", "send the handshake first")
+        if el.tag == QN_HANDSHAKE:
+            # The component names jabber:component:accept itself, or the header's declaration
+            # was not rewritten (core.xmpp.parser): its stanzas may come that way too.
+            self._ns_always = True
         route = self.route
         assert route is not None
         if not handshake_valid(self.stream_id, route.secret, el.text or ""):
@@ -255,21 +332,18 @@ class ComponentStream(OrderedXmlStream):
     # Stanzas from the component --------------------------------------------------------
 
     def _stanza(self, el: Element) -> Awaitable[Any] | None:
-        el = _client(el)
+        if self._ns_now:
+            el = _client(el)
         tag = el.tag
-        if tag not in (QN_MESSAGE, QN_PRESENCE, QN_IQ):
+        if tag not in _STANZA_TAGS:
             raise StreamError("unsupported-stanza-type", "only message, presence and iq")
         frm = el.get("from")
-        if frm is None:
-            sender = JID(None, self.domain, None)
-        else:
-            try:
-                sender = parse_jid(frm)
-            except JIDError:
-                raise StreamError("invalid-from", "the 'from' address is malformed") from None
-            if sender.domain != self.domain:
-                raise StreamError("invalid-from", f"'from' must be at {self.domain}")
-        el.set("from", str(sender))
+        known = self._senders.get(frm)
+        if known is None:
+            known = self._sender(frm)
+        sender, norm = known
+        if frm != norm:
+            el.set("from", norm)
         to_attr = el.get("to")
         if to_attr is None:
             raise StreamError("improper-addressing", "stanzas from a component need a 'to'")
@@ -286,6 +360,23 @@ class ComponentStream(OrderedXmlStream):
             if itype in ("get", "set") and self.route is not None:
                 self.route.remember_iq(el, self.instance)
         return self.server.router.route(el, sender, to, self)
+
+    def _sender(self, frm: str | None) -> tuple[JID, str]:
+        """The sender a 'from' of the component names (XEP-0114 §3), remembered."""
+        if frm is None:
+            # COMPAT: no 'from' is the component's domain, as Prosody takes it.
+            sender = JID(None, self.domain, None)
+        else:
+            try:
+                sender = parse_jid(frm)
+            except JIDError:
+                raise StreamError("invalid-from", "the 'from' address is malformed") from None
+            if sender.domain != self.domain:
+                raise StreamError("invalid-from", f"'from' must be at {self.domain}")
+        if len(self._senders) >= SENDER_CACHE:
+            self._senders.clear()
+        known = self._senders[frm] = (sender, str(sender))
+        return known
 
     def _refuse(self, el: Element, error: StanzaError) -> None:
         reply = error_reply(el, error)

@@ -7,6 +7,9 @@ server-to-server streams and both ends of a component link (XEP-0114) build on i
 ``OrderedXmlStream`` adds the in-order processing of a stream's stanzas (§10.1): while the
 processing of one waits for I/O, the next ones wait in a backlog, and reading pauses when the
 backlog grows (the subclass's ``dataReceived`` queues them there while ``_busy``).
+
+``WriteHold`` (one per process, ``HELD``) gathers the writes to client connections made while
+one read of a stream is processed, and sends each connection's share with one call at the end.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import abc
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from twisted.internet import protocol
@@ -31,6 +34,80 @@ def peer_address(transport: Any) -> str:
     """``host:port`` of the other end of ``transport``, as the logs name a connection."""
     addr = transport.getPeer()
     return f"{getattr(addr, 'host', '?')}:{getattr(addr, 'port', '?')}"
+
+
+Write = Callable[[Any, bytes], None]
+
+
+class WriteHold:
+    """Writes held back while one read is processed, then one write per connection.
+
+    One read of a component link carries a few hundred stanzas for a few dozen clients (a
+    groupchat message goes to every occupant, XEP-0045 §7.4). Written one by one, each stanza
+    is a ``send()`` system call, and on a loopback connection that call also runs the
+    receiver's half of TCP: the largest cost of a delivery (bench/README.md). Held until the
+    read is processed, a client's stanzas from that read leave in one call.
+
+    Between ``hold()`` and ``release()`` (nested pairs count as one), ``write(transport, data,
+    send)`` keeps ``data`` for ``transport``; outside them it calls ``send(transport, data)``
+    at once. ``release()`` of the outermost pair sends what each transport was given, joined,
+    in the order of the first write to each, with the ``send`` of that first write. The bytes
+    of one connection keep their order as long as every write to it goes through here: a
+    stream that writes some other way (its stream close) calls ``flush(transport)`` first.
+    Holding never outlives the synchronous processing of one read: the reactor runs nothing
+    else in between, so no latency is added."""
+
+    __slots__ = ("_depth", "_held")
+
+    def __init__(self) -> None:
+        self._depth = 0
+        # id(transport) -> (transport, send, chunks): by identity, whatever the transport's
+        # class says of equality.
+        self._held: dict[int, tuple[Any, Write, list[bytes]]] = {}
+
+    @property
+    def holding(self) -> bool:
+        """Whether writes are being held."""
+        return self._depth > 0
+
+    def hold(self) -> None:
+        """Hold writes from now until the matching ``release()``."""
+        self._depth += 1
+
+    def write(self, transport: Any, data: bytes, send: Write) -> None:
+        """Write ``data`` to ``transport`` with ``send``: now, or at the release."""
+        if not self._depth:
+            send(transport, data)
+            return
+        entry = self._held.get(id(transport))
+        if entry is None:
+            self._held[id(transport)] = (transport, send, [data])
+        else:
+            entry[2].append(data)
+
+    def flush(self, transport: Any) -> None:
+        """Send at once what is held for ``transport``, before it is written to otherwise."""
+        entry = self._held.pop(id(transport), None)
+        if entry is not None:
+            entry[1](transport, b"".join(entry[2]))
+
+    def release(self) -> None:
+        """End a ``hold()``; the outermost one sends everything held."""
+        self._depth -= 1
+        if self._depth > 0 or not self._held:
+            return
+        held, self._held = self._held, {}
+        for transport, send, chunks in held.values():
+            try:
+                send(transport, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            except Exception:
+                # Not the fault of the stream that held: the others still get their bytes.
+                log.exception("write to %r failed", transport)
+
+
+# The process's hold: client streams write their stanzas through it (``write``), the streams
+# that deliver many stanzas per read hold it around the processing of the read.
+HELD = WriteHold()
 
 
 class XmlStream(protocol.Protocol, metaclass=abc.ABCMeta):

@@ -1,6 +1,7 @@
 """The shared half of the stream protocols (core/xmpp/xmlstream.py) over StringTransport: a
-stream error after a header of our own (RFC 6120 §4.9.1.1, §4.9.1.2), one close only, and
-stanzas that take effect in the order they arrived while one of them waits (§10.1)."""
+stream error after a header of our own (RFC 6120 §4.9.1.1, §4.9.1.2), one close only,
+stanzas that take effect in the order they arrived while one of them waits (§10.1), and
+writes held while a read is processed (WriteHold)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from twisted.internet.testing import StringTransport
 
 from core.xmpp.errors import StreamError
 from core.xmpp.parser import StreamOpen, StreamParser
-from core.xmpp.xmlstream import OrderedXmlStream, peer_address
+from core.xmpp.xmlstream import OrderedXmlStream, WriteHold, peer_address
 
 HEADER = (
     b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
@@ -120,3 +121,80 @@ def test_peer_address_names_host_and_port() -> None:
     """Log lines name a connection as host:port."""
     transport = StringTransport()
     assert peer_address(transport) == "192.168.1.1:54321"
+
+
+class Conn:
+    """A connection that records each write it is given."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.writes: list[bytes] = []
+
+
+def record(conn: Conn, data: bytes) -> None:
+    conn.writes.append(data)
+
+
+def test_writes_outside_a_hold_go_at_once() -> None:
+    """Without a hold, a write is made when it is asked for."""
+    hold, a = WriteHold(), Conn("a")
+    hold.write(a, b"<one/>", record)
+    assert a.writes == [b"<one/>"]
+    assert not hold.holding
+
+
+def test_held_writes_leave_once_per_connection_in_order() -> None:
+    """Inside a hold nothing is written; the release writes each connection's bytes joined,
+    in the order they were given; nested holds release with the outermost."""
+    hold, a, b = WriteHold(), Conn("a"), Conn("b")
+    order: list[str] = []
+
+    def send(conn: Conn, data: bytes) -> None:
+        order.append(conn.name)
+        record(conn, data)
+
+    hold.hold()
+    hold.write(a, b"<1/>", send)
+    hold.hold()
+    hold.write(b, b"<2/>", send)
+    hold.write(a, b"<3/>", send)
+    hold.release()
+    assert a.writes == [] and b.writes == [] and hold.holding
+    hold.write(a, b"<4/>", send)
+    hold.release()
+    assert a.writes == [b"<1/><3/><4/>"]
+    assert b.writes == [b"<2/>"]
+    assert order == ["a", "b"]
+    assert not hold.holding
+    hold.write(a, b"<5/>", send)
+    assert a.writes[-1] == b"<5/>"
+
+
+def test_flush_sends_one_connection_ahead() -> None:
+    """flush() writes what is held for one connection now (before a write of another kind),
+    and the release does not write it again."""
+    hold, a, b = WriteHold(), Conn("a"), Conn("b")
+    hold.hold()
+    hold.write(a, b"<1/>", record)
+    hold.write(b, b"<2/>", record)
+    hold.flush(a)
+    hold.flush(a)
+    assert a.writes == [b"<1/>"] and b.writes == []
+    hold.release()
+    assert a.writes == [b"<1/>"] and b.writes == [b"<2/>"]
+
+
+def test_a_failing_write_does_not_keep_the_others() -> None:
+    """A write that raises at the release is logged; the other connections get their bytes
+    and the hold ends."""
+    hold, a, b = WriteHold(), Conn("a"), Conn("b")
+
+    def broken(conn: Conn, data: bytes) -> None:
+        raise OSError("gone")
+
+    hold.hold()
+    hold.write(a, b"<1/>", broken)
+    hold.write(b, b"<2/>", record)
+    hold.release()
+    assert b.writes == [b"<2/>"]
+    assert not hold.holding
