@@ -267,6 +267,7 @@ class C2SStream(OrderedXmlStream):
 
     def _send_error_header(self) -> None:
         self._send_header(None)
+        HELD.flush(self.transport)  # the error that follows is written directly
 
     def close(self) -> None:
         """Close the stream (RFC 6120 §4.4); the client gets a while to close its side."""
@@ -323,14 +324,24 @@ class C2SStream(OrderedXmlStream):
     def _send_header(self, to: str | None) -> None:
         self._header_sent = True
         self.stream_id = new_id()
-        write_now(
+        HELD.write(
             self.transport,
             header_bytes(NS_CLIENT, frm=self.server.domain, to=to, stream_id=self.stream_id),
+            write_now,
         )
 
     def _stream_open(self, ev: StreamOpen) -> None:
         if self.stage not in (HEADER, TLS_NEEDED, AUTH, AUTHED_HEADER):
             raise StreamError("not-well-formed", "unexpected stream header")
+        # Our header and the features leave in one write (one send() instead of two); a
+        # stream error raised in between still follows the header.
+        HELD.hold()
+        try:
+            self._answer_header(ev)
+        finally:
+            HELD.release()
+
+    def _answer_header(self, ev: StreamOpen) -> None:
         frm = ev.attrs.get("from")
         self._send_header(frm if frm and "'" not in frm else None)
         # RFC 6120 §4.8: the stream namespace, its prefix and the content namespace; §4.7.5:
@@ -344,7 +355,7 @@ class C2SStream(OrderedXmlStream):
         if host != self.server.domain:
             raise StreamError("host-unknown", f"this server serves {self.server.domain}")
         self.lang = ev.attrs.get(QN_XML_LANG, "en")
-        write_now(self.transport, self._features())
+        HELD.write(self.transport, self._features(), write_now)
 
     def _features(self) -> bytes:
         cfg = self.server.config.c2s
