@@ -49,6 +49,14 @@ class Run:
     muc: bool = False  # the servers run with their multi-user chat service
 
 
+def latency_run(
+    key: str, pairs: int, rate: int, duration: str, metrics: tuple[tuple[str, str, bool], ...]
+) -> Run:
+    """A fixed-rate run: ``pairs`` pairs sending ``rate`` messages/s in all."""
+    args = ("latency", "--pairs", str(pairs), "--rate", str(rate), "--duration", duration)
+    return Run(key, (*args, "--warmup", "1", "-c", "20"), metrics)
+
+
 def plan(quick: bool) -> list[Run]:
     """The scenarios and their sizes; ``quick`` is a smoke run of a minute or so."""
     if quick:
@@ -81,62 +89,32 @@ def plan(quick: bool) -> list[Run]:
                 ("msgs_per_server_cpu_s", "messages per server CPU-s", True),
             ),
         ),
-        Run(
+        latency_run(
             "latency",
-            (
-                "latency",
-                "--pairs",
-                "50",
-                "--rate",
-                "1000",
-                "--duration",
-                dur,
-                "--warmup",
-                "1",
-                "-c",
-                "20",
-            ),
+            50,
+            1000,
+            dur,
             (
                 ("p50_ms", "p50 ms at 1000 msg/s", False),
                 ("p99_ms", "p99 ms at 1000 msg/s", False),
                 ("server_cpu_s", "server CPU s at 1000 msg/s", False),
             ),
         ),
-        Run(
+        latency_run(
             "latency-2x",
-            (
-                "latency",
-                "--pairs",
-                "50",
-                "--rate",
-                "2000",
-                "--duration",
-                dur,
-                "--warmup",
-                "1",
-                "-c",
-                "20",
-            ),
+            50,
+            2000,
+            dur,
             (
                 ("p99_ms", "p99 ms at 2000 msg/s", False),
                 ("server_cpu_s", "server CPU s at 2000 msg/s (1000: see above)", False),
             ),
         ),
-        Run(
+        latency_run(
             "latency-2x-sessions",
-            (
-                "latency",
-                "--pairs",
-                "100",
-                "--rate",
-                "1000",
-                "--duration",
-                dur,
-                "--warmup",
-                "1",
-                "-c",
-                "20",
-            ),
+            100,
+            1000,
+            dur,
             (
                 ("p99_ms", "p99 ms at 1000 msg/s, 200 sessions", False),
                 ("server_cpu_s", "server CPU s at 1000 msg/s, 200 sessions (100: above)", False),

@@ -172,28 +172,34 @@ class AccountStore:
     ) -> ScramCredentials | None:
         """The stored credentials for ``hash_name`` ("sha1" or "sha256"); None when the
         account does not exist (or the name cannot be a localpart)."""
-        if hash_name not in HASH_NAMES:
-            raise ValueError(f"unknown hash {hash_name!r}; expected one of {HASH_NAMES}")
-        try:
-            _local, bare = self._bare(username, domain)
-        except ValueError:
+        found = self._credential_fields(username, domain, hash_name)
+        if found is None:
             return None
-        names = [f"{hash_name}:{key}" for key in _CRED_FIELDS]
-        return self.scram_loaded([await self._redis.hmget(keys.account(bare), names)])
+        return self.scram_loaded([await self._redis.hmget(*found)])
 
     def queue_scram_credentials(
         self, pipe: Pipeline, username: str, domain: str, hash_name: str
     ) -> bool:
         """Queue the read of ``scram_credentials`` on a pipeline; False (nothing queued) when
         the name cannot be a localpart."""
+        found = self._credential_fields(username, domain, hash_name)
+        if found is None:
+            return False
+        pipe.hmget(*found)
+        return True
+
+    def _credential_fields(
+        self, username: str, domain: str, hash_name: str
+    ) -> tuple[bytes, list[str]] | None:
+        """(key, fields) of the credentials for ``hash_name``; None for a name that cannot
+        be a localpart."""
         if hash_name not in HASH_NAMES:
             raise ValueError(f"unknown hash {hash_name!r}; expected one of {HASH_NAMES}")
         try:
             _local, bare = self._bare(username, domain)
         except ValueError:
-            return False
-        pipe.hmget(keys.account(bare), [f"{hash_name}:{key}" for key in _CRED_FIELDS])
-        return True
+            return None
+        return keys.account(bare), [f"{hash_name}:{key}" for key in _CRED_FIELDS]
 
     @staticmethod
     def scram_loaded(replies: list[Any]) -> ScramCredentials | None:

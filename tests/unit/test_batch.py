@@ -15,6 +15,19 @@ from core.storage.batch import Batch
 Run = Callable[[Awaitable[Any]], Any]
 
 
+def count_pipelines(client: Any) -> list[Any]:
+    """The pipelines ``client`` makes from now on, as a list that grows."""
+    made: list[Any] = []
+    pipeline = client.pipeline
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        made.append(pipeline(*args, **kwargs))
+        return made[-1]
+
+    client.pipeline = counted
+    return made
+
+
 def test_each_reader_gets_its_own_replies(redis_url: str, run_async: Run) -> None:
     """Two readers on one batch: each done() receives the replies to its own commands."""
 
@@ -58,14 +71,7 @@ def test_batches_of_one_turn_share_one_pipeline(redis_url: str, run_async: Run) 
 
     async def scenario() -> tuple[int, list[Any]]:
         client = connect(redis_url)
-        made: list[Any] = []
-        pipeline = client.pipeline
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            made.append(pipeline(*args, **kwargs))
-            return made[-1]
-
-        client.pipeline = counted  # type: ignore[method-assign]
+        made = count_pipelines(client)
         results: list[Any] = [None] * 50
 
         async def one(i: int) -> None:
@@ -89,14 +95,7 @@ def test_batches_wait_while_pipelines_are_out(redis_url: str, run_async: Run) ->
 
     async def scenario() -> tuple[int, list[Any]]:
         client = connect(redis_url)
-        made: list[Any] = []
-        pipeline = client.pipeline
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            made.append(pipeline(*args, **kwargs))
-            return made[-1]
-
-        client.pipeline = counted  # type: ignore[method-assign]
+        made = count_pipelines(client)
         results: list[Any] = [None] * 100
 
         async def one(i: int) -> None:

@@ -15,23 +15,7 @@ from lxml import etree
 
 from bench import client, compare, loadgen, measure, scenario_muc, servers
 from bench.client import Connection, NegotiationError
-
-
-class _Sink:
-    def __init__(self) -> None:
-        self.data: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.data.append(data)
-
-
-class _Conn:
-    def __init__(self) -> None:
-        self.transport = _Sink()
-
-
-def _chunks(data: bytes, size: int) -> list[bytes]:
-    return [data[i : i + size] for i in range(0, len(data), size)]
+from tests.unit.test_bench_loadgen import _chunks, _Conn
 
 
 def _reflected(index: int, style: str = "'") -> bytes:
