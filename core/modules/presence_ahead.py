@@ -24,10 +24,10 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.storage import keys
+from core.storage.accounts import AccountStore
 from core.storage.batch import Batch
 from core.storage.last import LastActivityStore, LastPresence, parse_last
-from core.storage.roster import RosterItem
+from core.storage.roster import RosterItem, RosterStore
 from core.xmpp.jid import JID
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class Offline:
 
 def has_available(server: CoreServer, bare: str) -> bool:
     """Whether the account ``bare`` has an available resource on this node."""
-    return any(s.available for s in server.router.resources(bare).values())
+    return bool(server.router.available_sessions(bare))
 
 
 def is_local_account(server: CoreServer, jid: str) -> bool:
@@ -70,14 +70,14 @@ async def read_ahead(server: CoreServer, prober: str, contacts: list[str]) -> di
 
     def queue(pipe: Any) -> None:
         for c in wanted:
-            pipe.exists(keys.account(c))
-            pipe.hget(keys.roster(c), prober)
+            AccountStore.queue_exists(pipe, c)
+            RosterStore.queue_item(pipe, c, prober)
             LastActivityStore.queue_get(pipe, c)
 
     def done(replies: list[Any]) -> None:
         for i, c in enumerate(wanted):
             exists, raw_item, raw_last = replies[3 * i : 3 * i + 3]
-            item = RosterItem.from_json(prober, raw_item) if raw_item else None
+            item = RosterStore.item_loaded(prober, raw_item)
             out[c] = Offline(bool(exists), item, parse_last(raw_last))
 
     batch = Batch(server.redis)

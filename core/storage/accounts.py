@@ -167,6 +167,12 @@ class AccountStore:
             return False
         return bool(await self._redis.exists(keys.account(bare)))
 
+    @staticmethod
+    def queue_exists(pipe: Pipeline, bare: str) -> None:
+        """Queue ``exists`` for a prepared bare JID on a pipeline (``core.storage.batch``);
+        its reply is true when the account exists."""
+        pipe.exists(keys.account(bare))
+
     async def scram_credentials(
         self, username: str, domain: str, hash_name: str
     ) -> ScramCredentials | None:

@@ -120,6 +120,15 @@ class RosterStore:
             pending={k.decode(): v for k, v in raw_pending.items()},
         )
 
+    @staticmethod
+    def queue_item(pipe: Pipeline, bare: str, contact: str) -> None:
+        """Queue the read of one item of the roster of ``bare``; ``item_loaded`` reads it."""
+        pipe.hget(keys.roster(bare), contact)
+
+    @staticmethod
+    def item_loaded(contact: str, raw: bytes | None) -> RosterItem | None:
+        return RosterItem.from_json(contact, raw) if raw else None
+
     async def write(
         self,
         bare: str,
