@@ -154,29 +154,24 @@ class CoreServer:
         """(limited, credentials) in one round trip: whether ``host`` or the account is at
         ``auth.max_failures_per_minute``, and the account's stored SCRAM credentials."""
         limit = self.config.auth.max_failures_per_minute
-        found: dict[str, Any] = {}
         batch = Batch(self.redis)
-        if limit > 0:
 
-            def queue_counts(pipe: Any) -> None:
-                for key in self._auth_keys(host, user):
-                    pipe.get(key)
-
-            def counted(replies: list[Any]) -> None:
-                found["limited"] = any(c is not None and int(c) >= limit for c in replies)
-
-            batch.add(queue_counts, counted)
+        def queue_counts(pipe: Any) -> None:
+            for key in self._auth_keys(host, user):
+                pipe.get(key)
 
         def queue_credentials(pipe: Any) -> None:
             # A name that cannot be an account queues nothing: its attempt fails all the same.
             self.accounts.queue_scram_credentials(pipe, user, self.domain, hash_name)
 
-        def credentials_read(replies: list[Any]) -> None:
-            found["credentials"] = self.accounts.scram_loaded(replies) if replies else None
-
-        batch.add(queue_credentials, credentials_read)
+        counts = batch.add(queue_counts) if limit > 0 else None
+        credentials = batch.add(queue_credentials)
         await batch.run()
-        return found.get("limited", False), found.get("credentials")
+        limited = counts is not None and any(
+            c is not None and int(c) >= limit for c in counts.replies
+        )
+        stored = self.accounts.scram_loaded(credentials.replies) if credentials.replies else None
+        return limited, stored
 
     async def auth_failed(self, host: str | None, user: str | None) -> None:
         pipe = self.redis.pipeline(transaction=False)

@@ -66,7 +66,6 @@ async def read_ahead(server: CoreServer, prober: str, contacts: list[str]) -> di
     wanted = [c for c in contacts if is_local_account(server, c) and not router.resources(c)]
     if not wanted:
         return {}
-    out: dict[str, Offline] = {}
 
     def queue(pipe: Any) -> None:
         for c in wanted:
@@ -74,19 +73,19 @@ async def read_ahead(server: CoreServer, prober: str, contacts: list[str]) -> di
             RosterStore.queue_item(pipe, c, prober)
             LastActivityStore.queue_get(pipe, c)
 
-    def done(replies: list[Any]) -> None:
-        for i, c in enumerate(wanted):
-            exists, raw_item, raw_last = replies[3 * i : 3 * i + 3]
-            item = RosterStore.item_loaded(prober, raw_item)
-            out[c] = Offline(bool(exists), item, parse_last(raw_last))
-
     batch = Batch(server.redis)
-    batch.add(queue, done)
+    part = batch.add(queue)
     try:
         await batch.run()
     except Exception:
         log.exception("reading ahead for the probes of %s failed", prober)
         return {}
+    replies = part.replies
+    out = {}
+    for i, c in enumerate(wanted):
+        exists, raw_item, raw_last = replies[3 * i : 3 * i + 3]
+        item = RosterStore.item_loaded(prober, raw_item)
+        out[c] = Offline(bool(exists), item, parse_last(raw_last))
     return out
 
 
@@ -126,12 +125,8 @@ class BoundLast:
         return await asyncio.shield(read)
 
     async def _read(self, bare: str) -> LastPresence | None:
-        out: list[LastPresence | None] = []
         batch = Batch(self.server.redis)
-        batch.add(
-            lambda pipe: LastActivityStore.queue_get(pipe, bare),
-            lambda replies: out.append(parse_last(replies[0])),
-        )
+        part = batch.add(lambda pipe: LastActivityStore.queue_get(pipe, bare))
         try:
             await batch.run()
         except BaseException:
@@ -139,7 +134,7 @@ class BoundLast:
             if self._reads.get(bare) is asyncio.current_task():
                 del self._reads[bare]
             raise
-        return out[0]
+        return parse_last(part.replies[0])
 
     def forget(self, bare: str) -> None:
         self._reads.pop(bare, None)

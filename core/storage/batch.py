@@ -39,23 +39,41 @@ MAX_BATCHES_PER_PIPELINE = 256
 MAX_PIPELINES_IN_FLIGHT = 2
 
 
+class Part:
+    """One reader's share of a batch: after ``Batch.run``, ``replies`` holds the replies to
+    the commands its ``queue`` added, in order."""
+
+    __slots__ = ("done", "queue", "replies")
+
+    def __init__(self, queue: Queue, done: Done | None) -> None:
+        self.queue = queue
+        self.done = done
+        self.replies: list[Any] = []
+
+
 class Batch:
-    """Commands queued by several readers, sent together; each reader's ``done`` receives the
-    replies to the commands its ``queue`` added, in order."""
+    """Commands queued by several readers, sent together; each reader gets the replies to
+    the commands its ``queue`` added, in order: in its ``done`` callback, or from the
+    ``Part`` that ``add`` returns."""
 
     def __init__(self, redis: redis.asyncio.Redis) -> None:
         self._redis = redis
-        self._parts: list[tuple[Queue, Done | None]] = []
-        self._keys: set[object] = set()
+        self._parts: list[Part] = []
+        self._keys: dict[object, Part] = {}
 
-    def add(self, queue: Queue, done: Done | None = None, *, key: object = None) -> None:
+    def add(self, queue: Queue, done: Done | None = None, *, key: object = None) -> Part:
         """Queue commands (``queue(pipe)``); ``done(replies)`` runs once they are answered.
-        A second ``add`` with the same ``key`` (other than None) is ignored."""
+        A second ``add`` with the same ``key`` (other than None) queues nothing and returns
+        the first one's part."""
         if key is not None:
-            if key in self._keys:
-                return
-            self._keys.add(key)
-        self._parts.append((queue, done))
+            found = self._keys.get(key)
+            if found is not None:
+                return found
+        part = Part(queue, done)
+        if key is not None:
+            self._keys[key] = part
+        self._parts.append(part)
+        return part
 
     def __len__(self) -> int:
         return len(self._parts)
@@ -67,13 +85,13 @@ class Batch:
             return
         await _sender_of(self._redis).send(self)
 
-    def queue_on(self, pipe: Pipeline) -> list[tuple[int, int, Done | None]]:
-        """Put the commands on ``pipe``; (start, end, done) of each part's replies."""
+    def queue_on(self, pipe: Pipeline) -> list[tuple[int, int, Part]]:
+        """Put the commands on ``pipe``; (start, end, part) of each part's replies."""
         spans = []
-        for queue, done in self._parts:
+        for part in self._parts:
             start = len(pipe)
-            queue(pipe)
-            spans.append((start, len(pipe), done))
+            part.queue(pipe)
+            spans.append((start, len(pipe), part))
         return spans
 
 
@@ -132,13 +150,13 @@ class _Sender:
             if future.done():
                 continue  # its caller went away (cancelled)
             try:
-                for start, end, done in parts:
-                    mine = replies[start:end]
+                for start, end, part in parts:
+                    part.replies = mine = replies[start:end]
                     for reply in mine:
                         if isinstance(reply, Exception):
                             raise reply
-                    if done is not None:
-                        done(mine)
+                    if part.done is not None:
+                        part.done(mine)
             except Exception as exc:
                 future.set_exception(exc)
             else:

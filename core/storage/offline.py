@@ -38,7 +38,6 @@ class OfflineStore:
     async def take(self, bare: str) -> list[bytes]:
         """Every stored message, oldest first, removed from storage in the same step."""
         key = keys.offline(bare)
-        stored: list[bytes] = []
 
         def queue(pipe: Pipeline) -> None:
             pipe.lrange(key, 0, -1)
@@ -47,9 +46,9 @@ class OfflineStore:
         # A batch is one MULTI/EXEC, shared with the other batches of this turn: a burst of
         # initial presences takes everyone's messages in one round trip.
         batch = Batch(self._redis)
-        batch.add(queue, lambda replies: stored.extend(replies[0]))
+        part = batch.add(queue)
         await batch.run()
-        return stored
+        return list(part.replies[0])
 
     async def count(self, bare: str) -> int:
         return int(await self._redis.llen(keys.offline(bare)))
