@@ -409,20 +409,11 @@ class Switchboard(Server):
             # Rooms of an earlier run (with occupants long gone) must not take part.
             clear_muc_rooms(self.redis_url)
         env = self.env(muc)
-        log = (self.workdir / "core.log").open("ab")
         if self.loop:
             command = [sys.executable, "-m", "bench.launch_core", "--loop", self.loop]
         else:
             command = [sys.executable, "-m", "core.cli", "core"]
-        self.proc = subprocess.Popen(
-            command,
-            cwd=self.tree,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        proc.pin(self.proc.pid, cpus)
+        self.proc = self._spawn(command, env, "core.log", cpus)
         if self.redis is not None and self.redis.pid:
             proc.pin(self.redis.pid, cpus)
         wait_port(self.port, self.proc)
@@ -436,17 +427,20 @@ class Switchboard(Server):
     def _start_muc(self, env: dict[str, str], cpus: set[int] | None) -> None:
         """``switchboard muc`` beside the core, on the server's CPU; returns once its link
         is live (the core records it in Redis after the handshake)."""
-        log = (self.workdir / "muc.log").open("ab")
-        self.muc = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "muc", "--instance", MUC_INSTANCE],
-            cwd=self.tree,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        proc.pin(self.muc.pid, cpus)
+        command = [sys.executable, "-m", "core.cli", "muc", "--instance", MUC_INSTANCE]
+        self.muc = self._spawn(command, env, "muc.log", cpus)
         wait_link(self.redis_url, MUC_DOMAIN, MUC_INSTANCE, self.muc)
+
+    def _spawn(
+        self, command: list[str], env: dict[str, str], log_name: str, cpus: set[int] | None
+    ) -> subprocess.Popen[bytes]:
+        """A process of this tree, its output appended to ``log_name``, pinned to ``cpus``."""
+        with (self.workdir / log_name).open("ab") as log:
+            child = subprocess.Popen(
+                command, cwd=self.tree, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        proc.pin(child.pid, cpus)
+        return child
 
     def stop(self) -> None:
         # The MUC process first: it leaves the core on SIGTERM, then the core goes.
